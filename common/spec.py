@@ -1,0 +1,289 @@
+"""Architecture specs: the single source of truth every framework builds from.
+
+Three units can be built, exported and traced in every backend:
+
+* :class:`ResNetSpec`       -- the whole network (d2l's ResNet-18 by default);
+* :class:`ResnetBlockSpec`  -- one stage, d2l's ``resnet_block``;
+* :class:`ResidualSpec`     -- one d2l ``Residual`` block.
+
+Each unit lists its parametrised layers (:meth:`layers`) with the canonical name, the attribute
+path that reaches the layer in *every* framework's model, and the canonical parameter shapes.
+The per-framework packages name their attributes identically (``stem.conv``,
+``stages[1][0].conv3``, ``head.fc``), so this table is written once, here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Union
+
+# BatchNorm momentum is stated once, in PyTorch's convention: the weight of the *new* batch
+# statistic in the running average (running = (1 - m) * running + m * batch). Keras and Gluon
+# use the weight of the *old* value, 1 - m; each backend maps it.
+TORCH_BN_MOMENTUM = 0.1
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One parametrised layer: where it lives and what its canonical parameters look like."""
+
+    name: str                      # canonical prefix, e.g. "stages.1.0.shortcut"
+    attr: tuple[Union[str, int], ...]  # path through the framework model, e.g. ("stages", 1, 0, "conv3")
+    kind: str                      # "conv" | "bn" | "dense"
+    shapes: dict[str, tuple[int, ...]] = field(compare=False)  # canonical param name -> shape
+
+    def param_names(self) -> list[str]:
+        return [f"{self.name}.{p}" for p in self.shapes]
+
+
+def _conv(name: str, attr: tuple, cin: int, cout: int, k: int, bias: bool) -> Layer:
+    shapes = {"weight": (cout, cin, k, k)}
+    if bias:
+        shapes["bias"] = (cout,)
+    return Layer(name, attr, "conv", shapes)
+
+
+def _bn(name: str, attr: tuple, c: int) -> Layer:
+    return Layer(name, attr, "bn", {p: (c,) for p in ("gamma", "beta", "running_mean", "running_var")})
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Options:
+    """Choices shared by every unit (d2l's values by default)."""
+
+    conv_bias: bool = True          # d2l keeps conv biases; torchvision drops them
+    shortcut_bn: bool = False       # d2l's 1x1 shortcut has no BatchNorm; torchvision's has
+    bn_eps: float = 1e-5            # PyTorch's and Gluon's default; Keras defaults to 1e-3
+    bn_momentum: float = TORCH_BN_MOMENTUM  # PyTorch convention, see above
+
+    def _check_options(self) -> None:
+        if not 0.0 < self.bn_eps < 1.0:
+            raise ValueError(f"bn_eps must be in (0, 1), got {self.bn_eps}")
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(_Options)}
+
+    # -- serialisation shared by every unit ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return {"unit": type(self).__name__, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ResidualSpec(_Options):
+    """d2l's ``Residual``: two 3x3 convs with BatchNorm, an optional 1x1 conv shortcut."""
+
+    input_channels: int = 64
+    num_channels: int = 64
+    use_1x1conv: bool = False
+    strides: int = 1
+
+    def __post_init__(self) -> None:
+        self._check_options()
+        _positive(input_channels=self.input_channels, num_channels=self.num_channels,
+                  strides=self.strides)
+        if not self.use_1x1conv and (self.strides != 1 or self.input_channels != self.num_channels):
+            raise ValueError(
+                "a Residual without 1x1 conv must keep the shape: got "
+                f"input_channels={self.input_channels}, num_channels={self.num_channels}, "
+                f"strides={self.strides}; pass use_1x1conv=True")
+
+    def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
+        b, cin, c = self.conv_bias, self.input_channels, self.num_channels
+        out = [
+            _conv(_join(prefix, "conv1"), attr + ("conv1",), cin, c, 3, b),
+            _bn(_join(prefix, "bn1"), attr + ("bn1",), c),
+            _conv(_join(prefix, "conv2"), attr + ("conv2",), c, c, 3, b),
+            _bn(_join(prefix, "bn2"), attr + ("bn2",), c),
+        ]
+        if self.use_1x1conv:
+            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv3",), cin, c, 1, b))
+            if self.shortcut_bn:
+                out.append(_bn(_join(prefix, "shortcut_bn"), attr + ("bn3",), c))
+        return out
+
+    def output_shape(self, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        n, _, h, w = shape
+        return (n, self.num_channels, _conv_out(h, 3, self.strides, 1), _conv_out(w, 3, self.strides, 1))
+
+
+@dataclass(frozen=True)
+class ResnetBlockSpec(_Options):
+    """d2l's ``resnet_block``: ``num_residuals`` Residuals; all but the first stage downsample."""
+
+    input_channels: int = 64
+    num_channels: int = 64
+    num_residuals: int = 2
+    first_block: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_options()
+        _positive(input_channels=self.input_channels, num_channels=self.num_channels,
+                  num_residuals=self.num_residuals)
+        if self.first_block and self.input_channels != self.num_channels:
+            raise ValueError(
+                "the first block keeps the channel count (d2l): got "
+                f"input_channels={self.input_channels}, num_channels={self.num_channels}")
+
+    def residuals(self) -> list[ResidualSpec]:
+        """The Residual specs in order, exactly as d2l's ``resnet_block`` builds them."""
+        out = []
+        for i in range(self.num_residuals):
+            if i == 0 and not self.first_block:
+                out.append(ResidualSpec(**self.options(), input_channels=self.input_channels,
+                                        num_channels=self.num_channels, use_1x1conv=True, strides=2))
+            else:
+                out.append(ResidualSpec(**self.options(), input_channels=self.num_channels,
+                                        num_channels=self.num_channels))
+        return out
+
+    def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
+        return [layer for i, r in enumerate(self.residuals())
+                for layer in r.layers(_join(prefix, str(i)), attr + (i,))]
+
+
+@dataclass(frozen=True)
+class ResNetSpec(_Options):
+    """A d2l-style ResNet: stem (conv, BN, ReLU, max pool), stages of Residuals, head."""
+
+    name: str = "resnet18"
+    in_channels: int = 1
+    num_classes: int = 10
+    stem_channels: int = 64
+    stem_kernel: int = 7
+    stem_stride: int = 2
+    stem_pool: bool = True          # 3x3 stride-2 max pool with padding 1
+    stage_channels: tuple[int, ...] = (64, 128, 256, 512)
+    stage_blocks: tuple[int, ...] = (2, 2, 2, 2)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the spec is frozen and hashable, so store tuples.
+        object.__setattr__(self, "stage_channels", tuple(int(c) for c in self.stage_channels))
+        object.__setattr__(self, "stage_blocks", tuple(int(b) for b in self.stage_blocks))
+        self._check_options()
+        _positive(in_channels=self.in_channels, num_classes=self.num_classes,
+                  stem_channels=self.stem_channels, stem_kernel=self.stem_kernel,
+                  stem_stride=self.stem_stride)
+        if self.stem_kernel % 2 == 0:
+            raise ValueError(f"stem_kernel must be odd, got {self.stem_kernel}")
+        if not self.stage_channels or len(self.stage_channels) != len(self.stage_blocks):
+            raise ValueError("stage_channels and stage_blocks must be non-empty and of equal length, "
+                             f"got {self.stage_channels} and {self.stage_blocks}")
+        _positive(**{f"stage_channels[{i}]": c for i, c in enumerate(self.stage_channels)},
+                  **{f"stage_blocks[{i}]": b for i, b in enumerate(self.stage_blocks)})
+        if self.stage_channels[0] != self.stem_channels:
+            raise ValueError("the first stage keeps the stem's channels (d2l's first_block): "
+                             f"stem_channels={self.stem_channels}, "
+                             f"stage_channels[0]={self.stage_channels[0]}")
+
+    @property
+    def stem_padding(self) -> int:
+        return self.stem_kernel // 2
+
+    def stages(self) -> list[ResnetBlockSpec]:
+        out, cin = [], self.stem_channels
+        for i, (c, n) in enumerate(zip(self.stage_channels, self.stage_blocks)):
+            out.append(ResnetBlockSpec(**self.options(), input_channels=cin, num_channels=c,
+                                       num_residuals=n, first_block=(i == 0)))
+            cin = c
+        return out
+
+    def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
+        out = [_conv(_join(prefix, "stem.conv"), attr + ("stem", "conv"), self.in_channels,
+                     self.stem_channels, self.stem_kernel, self.conv_bias),
+               _bn(_join(prefix, "stem.bn"), attr + ("stem", "bn"), self.stem_channels)]
+        for i, stage in enumerate(self.stages()):
+            out += stage.layers(_join(prefix, f"stages.{i}"), attr + ("stages", i))
+        c = self.stage_channels[-1]
+        out.append(Layer(_join(prefix, "head.fc"), attr + ("head", "fc"), "dense",
+                         {"weight": (self.num_classes, c), "bias": (self.num_classes,)}))
+        return out
+
+    def top_level_names(self) -> list[str]:
+        """Activation names of d2l's top-level layers (b1..b5, pool, flatten, dense)."""
+        return (["stem.pool"]
+                + [f"stages.{i}.{n - 1}" for i, n in enumerate(self.stage_blocks)]
+                + ["head.pool", "head.flatten", "head.fc"])
+
+    def output_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The shape after each top-level layer, from the conv arithmetic alone."""
+        h = _conv_out(height, self.stem_kernel, self.stem_stride, self.stem_padding)
+        w = _conv_out(width, self.stem_kernel, self.stem_stride, self.stem_padding)
+        if self.stem_pool:
+            h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+        names = self.top_level_names()
+        shapes = {names[0]: (batch, self.stem_channels, h, w)}
+        for i, (c, stage) in enumerate(zip(self.stage_channels, self.stages())):
+            if not stage.first_block:
+                h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+            shapes[names[1 + i]] = (batch, c, h, w)
+        c = self.stage_channels[-1]
+        shapes.update({"head.pool": (batch, c, 1, 1), "head.flatten": (batch, c),
+                       "head.fc": (batch, self.num_classes)})
+        return shapes
+
+
+Unit = Union[ResNetSpec, ResnetBlockSpec, ResidualSpec]
+_UNITS = {cls.__name__: cls for cls in (ResNetSpec, ResnetBlockSpec, ResidualSpec)}
+
+
+def spec_from_dict(d: dict[str, Any]) -> Unit:
+    """Rebuild a unit spec from :meth:`to_dict` output, rejecting unknown fields by name."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a spec must be a JSON object, got {type(d).__name__}")
+    d = dict(d)
+    kind = d.pop("unit", "ResNetSpec")
+    cls = _UNITS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown spec unit {kind!r}; expected one of {sorted(_UNITS)}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {kind} field(s): {', '.join(unknown)}")
+    return cls(**d)
+
+
+def spec_from_json(text: str) -> Unit:
+    try:
+        return spec_from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"spec is not valid JSON: {e}") from None
+
+
+def resnet18_spec(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNetSpec:
+    """d2l's ResNet-18 (seeds/003): 7x7/2 stem with bias, max pool, 4 stages of 2 Residuals."""
+    return ResNetSpec(name="resnet18", in_channels=in_channels, num_classes=num_classes, **options)
+
+
+def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter name -> shape, in layer order."""
+    return {f"{layer.name}.{p}": s for layer in unit.layers() for p, s in layer.shapes.items()}
+
+
+def activation_names(unit: Unit) -> list[str]:
+    """The names :func:`common.trace.trace` records, in order (the same in every backend)."""
+    from .trace import trace_names
+    return trace_names(unit)
+
+
+def _conv_out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def _positive(**values: int) -> None:
+    for k, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")

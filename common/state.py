@@ -1,0 +1,136 @@
+"""Canonical state: framework-neutral names, canonical layouts, float32, safetensors files.
+
+Layouts: conv kernels ``(out, in, kh, kw)``, dense ``(out, in)``, BatchNorm ``gamma``, ``beta``,
+``running_mean``, ``running_var``. Files are safetensors with the spec as JSON metadata, so a file
+alone rebuilds the model in any framework, and loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Union
+
+import numpy as np
+
+from .spec import Unit, param_shapes, spec_from_json
+
+State = dict[str, np.ndarray]
+FORMAT = "resnet-parity/1"
+
+
+def validate_state(state: Mapping[str, np.ndarray], unit: Unit, *,
+                   allow_nonfinite: bool = False) -> State:
+    """Check names, shapes and values against ``unit``; return float32 copies in layer order.
+
+    Raises ``ValueError`` listing every missing key, every unexpected key, every shape mismatch
+    (expected and actual) and every tensor holding NaN or infinity.
+    """
+    expected = param_shapes(unit)
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = sorted(k for k in state if k not in expected)
+    if missing:
+        problems.append("missing key(s): " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected key(s): " + ", ".join(unexpected))
+    out: State = {}
+    for name, shape in expected.items():
+        if name not in state:
+            continue
+        arr = np.asarray(state[name])
+        if tuple(arr.shape) != shape:
+            problems.append(f"shape mismatch for {name}: expected {shape}, got {tuple(arr.shape)}")
+            continue
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            problems.append(f"{name} has non-numeric dtype {arr.dtype}")
+            continue
+        arr = np.array(arr, dtype=np.float32, copy=True)
+        if not allow_nonfinite and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            problems.append(f"non-finite values in {name}: {bad} of {arr.size} are NaN or inf")
+        out[name] = arr
+    if problems:
+        raise ValueError("state does not fit the spec: " + "; ".join(problems))
+    return out
+
+
+def random_state(unit: Unit, seed: int = 0) -> State:
+    """Random weights *and* random BatchNorm statistics, scaled so activations stay O(1).
+
+    Fresh BatchNorm statistics (mean 0, var 1) hide eps and running-statistic bugs, so every
+    BN tensor here is drawn away from its default.
+    """
+    rng = np.random.default_rng(seed)
+    out: State = {}
+    for layer in unit.layers():
+        for p, shape in layer.shapes.items():
+            if layer.kind == "bn":
+                if p == "gamma":
+                    v = rng.uniform(0.5, 1.5, shape)
+                elif p == "running_var":
+                    v = rng.uniform(0.5, 2.0, shape)
+                else:  # beta, running_mean
+                    v = rng.normal(0.0, 0.2, shape)
+            elif p == "weight":
+                fan_in = int(np.prod(shape[1:]))
+                v = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+            else:  # biases
+                v = rng.normal(0.0, 0.1, shape)
+            out[f"{layer.name}.{p}"] = v.astype(np.float32)
+    return out
+
+
+def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit) -> Path:
+    """Write ``state`` as safetensors with ``spec`` in its metadata, atomically.
+
+    The file is written beside ``path`` under a temporary name and renamed into place, so an
+    interrupted save never leaves a half-written file.
+    """
+    from safetensors.numpy import save_file
+
+    checked = validate_state(state, spec)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in checked.items()}, tmp,
+                  metadata={"format": FORMAT, "spec": spec.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_state_file(path: Union[str, os.PathLike], *, allow_nonfinite: bool = False
+                    ) -> tuple[State, Unit]:
+    """Read a file written by :func:`save_state`: ``(state, spec)``, validated.
+
+    Raises ``ValueError`` naming the file for anything unreadable: missing, empty, truncated,
+    not safetensors, without a spec, or with tensors that do not fit the spec.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: file is empty")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if "spec" not in meta:
+        raise ValueError(f"{path}: safetensors file has no 'spec' metadata; "
+                         "was it written by resnet-parity?")
+    try:
+        spec = spec_from_json(meta["spec"])
+        return validate_state(state, spec, allow_nonfinite=allow_nonfinite), spec
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -1,0 +1,124 @@
+"""One walk through a unit, layer by layer, shared by every backend.
+
+A backend supplies :class:`TraceOps` (how to reach a layer, call it, add, ReLU, and read a tensor
+back as NCHW numpy); the walk and the activation names live here, once. Each framework's own
+``forward`` is written idiomatically in its package; the contract tests check that the walk's
+last activation equals that ``forward``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+
+from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
+
+
+class TraceOps(Protocol):
+    def from_numpy(self, x: np.ndarray) -> Any: ...
+    def layer(self, attr: tuple) -> Any: ...
+    def call(self, layer: Any, x: Any) -> Any: ...
+    def relu(self, x: Any) -> Any: ...
+    def add(self, a: Any, b: Any) -> Any: ...
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+
+
+Record = Callable[[str, Any], None]
+
+
+def _walk_residual(r: ResidualSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
+                   rec: Record) -> Any:
+    def step(name: str, layer_attr: str, v: Any) -> Any:
+        v = ops.call(ops.layer(attr + (layer_attr,)), v)
+        rec(f"{prefix}.{name}", v)
+        return v
+
+    y = step("conv1", "conv1", x)
+    y = step("bn1", "bn1", y)
+    y = ops.relu(y)
+    rec(f"{prefix}.relu1", y)
+    y = step("conv2", "conv2", y)
+    y = step("bn2", "bn2", y)
+    if r.use_1x1conv:
+        x = step("shortcut", "conv3", x)
+        if r.shortcut_bn:
+            x = step("shortcut_bn", "bn3", x)
+    y = ops.relu(ops.add(y, x))
+    rec(prefix, y)
+    return y
+
+
+def _walk_block(b: ResnetBlockSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
+                rec: Record) -> Any:
+    for i, r in enumerate(b.residuals()):
+        x = _walk_residual(r, ops, x, f"{prefix}.{i}" if prefix else str(i), attr + (i,), rec)
+    return x
+
+
+def _walk_resnet(s: ResNetSpec, ops: TraceOps, x: Any, rec: Record) -> Any:
+    def step(name: str, v: Any) -> Any:
+        v = ops.call(ops.layer(tuple(name.split("."))), v)
+        rec(name, v)
+        return v
+
+    x = step("stem.conv", x)
+    x = step("stem.bn", x)
+    x = ops.relu(x)
+    rec("stem.relu", x)
+    if s.stem_pool:
+        x = step("stem.pool", x)
+    for i, stage in enumerate(s.stages()):
+        x = _walk_block(stage, ops, x, f"stages.{i}", ("stages", i), rec)
+    for name in ("head.pool", "head.flatten", "head.fc"):
+        x = step(name, x)
+    return x
+
+
+def walk(unit: Unit, ops: TraceOps, x: Any, rec: Record) -> Any:
+    """Run ``x`` through ``unit`` with ``ops``, calling ``rec(name, tensor)`` after each layer."""
+    if isinstance(unit, ResNetSpec):
+        return _walk_resnet(unit, ops, x, rec)
+    if isinstance(unit, ResnetBlockSpec):
+        return _walk_block(unit, ops, x, "", (), rec)
+    if isinstance(unit, ResidualSpec):
+        return _walk_residual(unit, ops, x, "out", (), _rename_root(rec))
+    raise TypeError(f"not a unit spec: {type(unit).__name__}")
+
+
+def _rename_root(rec: Record) -> Record:
+    # A lone Residual has no path of its own: its sub-layers are "conv1", ..., its output "out".
+    return lambda name, v: rec(name[4:] if name.startswith("out.") else name, v)
+
+
+def trace(unit: Unit, ops: TraceOps, x: Any) -> dict[str, np.ndarray]:
+    """Ordered ``{activation name: NCHW numpy array}`` for one input."""
+    acts: dict[str, np.ndarray] = {}
+    walk(unit, ops, x, lambda name, v: acts.__setitem__(name, ops.to_numpy(v)))
+    return acts
+
+
+class _NameOnly:
+    def from_numpy(self, x: np.ndarray) -> None:
+        return None
+
+    def layer(self, attr: tuple) -> None:
+        return None
+
+    def call(self, layer: Any, x: Any) -> None:
+        return None
+
+    def relu(self, x: Any) -> None:
+        return None
+
+    def add(self, a: Any, b: Any) -> None:
+        return None
+
+    def to_numpy(self, x: Any) -> Optional[np.ndarray]:
+        return None
+
+
+def trace_names(unit: Unit) -> list[str]:
+    names: list[str] = []
+    walk(unit, _NameOnly(), None, lambda name, v: names.append(name))
+    return names

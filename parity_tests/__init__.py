@@ -1,0 +1,1 @@
+"""Cross-framework parity tests."""

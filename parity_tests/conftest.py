@@ -1,0 +1,78 @@
+"""Shared fixtures: backends (skipped with an install hint when missing), specs, states, inputs."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from common import (BACKEND_NAMES, BackendUnavailable, ResNetSpec, get_backend, random_state,
+                    resnet18_spec)
+
+_cache: dict[str, object] = {}
+
+
+def backend_or_skip(name: str):
+    if name not in _cache:
+        try:
+            _cache[name] = get_backend(name)
+        except BackendUnavailable as e:
+            _cache[name] = e
+    be = _cache[name]
+    if isinstance(be, BackendUnavailable):
+        pytest.skip(str(be))
+    return be
+
+
+PAIRS = list(itertools.combinations(BACKEND_NAMES, 2))
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def be(request):
+    """Each backend in turn."""
+    return backend_or_skip(request.param)
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def pair(request):
+    """Each pair of backends: (reference, other)."""
+    a, b = request.param
+    return backend_or_skip(a), backend_or_skip(b)
+
+
+@pytest.fixture(scope="session")
+def r18() -> ResNetSpec:
+    return resnet18_spec()
+
+
+@pytest.fixture(scope="session")
+def r18_state(r18):
+    return random_state(r18, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ResNetSpec:
+    """A small ResNet with every kind of layer, for fast contract tests."""
+    return ResNetSpec(name="tiny", in_channels=3, num_classes=5, stem_channels=8,
+                      stage_channels=(8, 16), stage_blocks=(1, 2))
+
+
+_models: dict[tuple, object] = {}
+
+
+@pytest.fixture(scope="session")
+def loaded():
+    """``loaded(backend, spec, state_seed)``: a model with that random state, built once."""
+    def get(be, spec, seed=0):
+        key = (be.name, spec, seed)
+        if key not in _models:
+            model = be.build(spec)
+            be.load_state(model, random_state(spec, seed))
+            _models[key] = model
+        return _models[key]
+    return get
+
+
+def make_input(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -1,0 +1,149 @@
+"""The Backend contract, one suite run against every framework."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from common import (ResidualSpec, ResnetBlockSpec, activation_names, param_shapes, random_state,
+                    resnet18_spec)
+
+from .conftest import make_input
+
+UNITS = [ResidualSpec(3, 6, use_1x1conv=True, strides=2),
+         ResidualSpec(5, 5),
+         ResidualSpec(3, 6, use_1x1conv=True, strides=2, conv_bias=False, shortcut_bn=True),
+         ResnetBlockSpec(input_channels=4, num_channels=8, num_residuals=2)]
+
+
+def test_build_default_is_resnet18(be):
+    model = be.build()
+    assert be.unit_of(model) == resnet18_spec()
+    state = be.export_state(model)
+    assert {k: v.shape for k, v in state.items()} == param_shapes(resnet18_spec())
+    assert all(v.dtype == np.float32 for v in state.values())
+
+
+def test_framework_init_is_not_trivial(be, tiny):
+    state = be.export_state(be.build(tiny))
+    assert np.std(state["stem.conv.weight"]) > 0
+    assert np.allclose(state["stem.bn.running_var"], 1) and np.allclose(state["stem.bn.gamma"], 1)
+
+
+@pytest.mark.parametrize("unit", UNITS + [None], ids=lambda u: type(u).__name__ if u else "tiny")
+def test_state_round_trip_is_bit_exact(be, unit, tiny):
+    unit = unit or tiny
+    model = be.build(unit)
+    state = random_state(unit, seed=7)
+    be.load_state(model, state)
+    out = be.export_state(model)
+    assert list(out) == list(param_shapes(unit))
+    for k in state:
+        assert out[k].tobytes() == state[k].tobytes(), k
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: type(u).__name__)
+def test_activation_names_and_forward(be, unit):
+    model = be.build(unit)
+    be.load_state(model, random_state(unit, 1))
+    x = make_input((2, unit.input_channels, 9, 9))
+    acts = be.activations(model, x)
+    assert list(acts) == activation_names(unit)
+    last = acts[list(acts)[-1]]
+    y = be.forward(model, x)
+    assert last.shape == y.shape
+    np.testing.assert_allclose(last, y, rtol=0, atol=1e-5 * np.abs(y).max())
+
+
+def test_resnet_trace_ends_in_forward(be, tiny, loaded):
+    model = loaded(be, tiny)
+    x = make_input((2, 3, 32, 32))
+    acts = be.activations(model, x)
+    assert list(acts) == activation_names(tiny)
+    assert acts["head.fc"].shape == (2, 5)
+    np.testing.assert_allclose(acts["head.fc"], be.forward(model, x), rtol=0,
+                               atol=1e-5 * np.abs(acts["head.fc"]).max())
+
+
+def test_determinism(be, tiny):
+    """Same seed, same input: bit-identical outputs, twice and from a second model."""
+    x = make_input((2, 3, 17, 17))
+    m1, m2 = be.build(tiny), be.build(tiny)
+    be.load_state(m1, random_state(tiny, 5))
+    be.load_state(m2, random_state(tiny, 5))
+    y1, y2, y3 = be.forward(m1, x), be.forward(m1, x), be.forward(m2, x)
+    assert y1.tobytes() == y2.tobytes() == y3.tobytes()
+    a1, a2 = be.activations(m1, x), be.activations(m2, x)
+    assert all(a1[k].tobytes() == a2[k].tobytes() for k in a1)
+
+
+def test_eval_forward_leaves_state_alone(be, tiny, loaded):
+    model = loaded(be, tiny)
+    before = be.export_state(model)
+    be.forward(model, make_input((2, 3, 16, 16)))
+    be.activations(model, make_input((2, 3, 16, 16)))
+    after = be.export_state(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def _load_error(be, model, state) -> str:
+    with pytest.raises(ValueError) as e:
+        be.load_state(model, state)
+    return str(e.value)
+
+
+def test_strict_load(be, tiny):
+    model = be.build(tiny)
+    good = random_state(tiny, 2)
+    be.load_state(model, good)
+
+    missing = dict(good)
+    del missing["stages.1.0.shortcut.weight"]
+    assert "missing key(s): stages.1.0.shortcut.weight" in _load_error(be, model, missing)
+
+    extra = {**good, "stages.1.0.bn3.gamma": np.ones(16, np.float32)}
+    assert "unexpected key(s): stages.1.0.bn3.gamma" in _load_error(be, model, extra)
+
+    shape = {**good, "stem.conv.weight": np.zeros((8, 3, 3, 3), np.float32)}
+    msg = _load_error(be, model, shape)
+    assert "stem.conv.weight" in msg and "(8, 3, 7, 7)" in msg and "(8, 3, 3, 3)" in msg
+
+    nonfinite = {**good, "head.fc.bias": np.array([0, np.nan, 0, np.inf, 0], np.float32)}
+    assert "non-finite values in head.fc.bias: 2 of 5" in _load_error(be, model, nonfinite)
+
+    # nothing was written by the failed loads
+    now = be.export_state(model)
+    assert all(np.array_equal(now[k], good[k]) for k in good)
+    be.load_state(model, nonfinite, allow_nonfinite=True)
+    assert np.isnan(be.export_state(model)["head.fc.bias"][1])
+
+
+def test_bad_input_is_named(be, tiny, loaded):
+    model = loaded(be, tiny)
+    with pytest.raises(ValueError, match="NCHW"):
+        be.forward(model, np.zeros((3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="1 channels, the model takes 3"):
+        be.forward(model, np.zeros((2, 1, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="device must be one of"):
+        be.forward(model, make_input((1, 3, 16, 16)), device="tpu")
+
+
+def test_gpu_request_without_gpu_is_a_clear_error(be, tiny, loaded):
+    if "gpu" in be.devices():
+        pytest.skip(f"{be.name} sees a GPU here")
+    with pytest.raises(RuntimeError, match="no GPU"):
+        be.forward(loaded(be, tiny), make_input((1, 3, 16, 16)), device="gpu")
+
+
+def test_only_its_own_framework_is_imported(be):
+    """A torch user never imports TensorFlow, and so on (run in a fresh interpreter)."""
+    import subprocess
+    code = ("import sys; from common import get_backend; get_backend(%r).build(); "
+            "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'tensorflow', 'keras', 'mxnet'})))" % be.name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.strip().split(","))
+    own = {"torch": {"torch"}, "tf": {"tensorflow", "keras"}, "mxnet": {"mxnet"}}[be.name]
+    assert loaded == own

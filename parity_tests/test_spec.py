@@ -1,0 +1,162 @@
+"""The spec, the activation names and the canonical state file: no framework needed."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from common import (ResidualSpec, ResnetBlockSpec, ResNetSpec, activation_names,
+                    load_state_file, param_shapes, random_state, resnet18_spec, save_state,
+                    spec_from_dict, spec_from_json, validate_state)
+
+# The shapes d2l's chapter prints for a (1, 1, 224, 224) input, layer by layer.
+D2L_SHAPES_224 = [(1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14),
+                  (1, 512, 7, 7), (1, 512, 1, 1), (1, 512), (1, 10)]
+
+
+def test_resnet18_is_d2l():
+    s = resnet18_spec()
+    assert (s.in_channels, s.num_classes) == (1, 10)
+    assert (s.stem_channels, s.stem_kernel, s.stem_stride, s.stem_padding) == (64, 7, 2, 3)
+    assert s.stage_channels == (64, 128, 256, 512) and s.stage_blocks == (2, 2, 2, 2)
+    assert s.conv_bias and not s.shortcut_bn and s.bn_eps == 1e-5 and s.bn_momentum == 0.1
+    shapes = param_shapes(s)
+    assert shapes["stem.conv.weight"] == (64, 1, 7, 7) and shapes["stem.conv.bias"] == (64,)
+    # only the first Residual of stages 1..3 has a 1x1 shortcut, with bias and no BatchNorm
+    shortcuts = sorted(k for k in shapes if "shortcut" in k)
+    assert shortcuts == [f"stages.{i}.0.shortcut.{p}" for i in (1, 2, 3) for p in ("bias", "weight")]
+    assert shapes["stages.2.0.shortcut.weight"] == (256, 128, 1, 1)
+    assert shapes["head.fc.weight"] == (10, 512)
+    # 11,178,378 trainable parameters + 2 * 9,600 BatchNorm statistics (d2l's ResNet-18)
+    n_stats = sum(int(np.prod(v)) for k, v in shapes.items() if k.endswith(("running_mean", "running_var")))
+    assert sum(int(np.prod(v)) for v in shapes.values()) - n_stats == 11_178_378
+
+
+def test_top_level_shapes_are_the_chapters():
+    s = resnet18_spec()
+    assert list(s.output_shapes(1, 224, 224).values()) == D2L_SHAPES_224
+
+
+def test_activation_names():
+    names = activation_names(resnet18_spec())
+    assert names[:4] == ["stem.conv", "stem.bn", "stem.relu", "stem.pool"]
+    assert names[-3:] == ["head.pool", "head.flatten", "head.fc"]
+    assert "stages.1.0.shortcut" in names and "stages.0.0.shortcut" not in names
+    assert len(names) == len(set(names)) == 4 + 8 * 6 + 3 + 3
+    assert activation_names(ResidualSpec(3, 6, use_1x1conv=True, strides=2)) == [
+        "conv1", "bn1", "relu1", "conv2", "bn2", "shortcut", "out"]
+    tv = ResidualSpec(3, 6, use_1x1conv=True, strides=2, shortcut_bn=True)
+    assert activation_names(tv)[-2:] == ["shortcut_bn", "out"]
+
+
+@pytest.mark.parametrize("unit", [resnet18_spec(in_channels=3, num_classes=7, bn_eps=1e-3),
+                                  ResidualSpec(3, 6, use_1x1conv=True, strides=2),
+                                  ResnetBlockSpec(input_channels=4, num_channels=8)])
+def test_spec_json_round_trip(unit):
+    assert spec_from_json(unit.to_json()) == unit
+    assert hash(spec_from_json(unit.to_json())) == hash(unit)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(stage_channels=(64, 128), stage_blocks=(2,)), "equal length"),
+    (dict(stem_kernel=4), "odd"),
+    (dict(in_channels=0), "in_channels"),
+    (dict(bn_eps=0.0), "bn_eps"),
+    (dict(bn_momentum=1.5), "bn_momentum"),
+    (dict(stage_channels=(32, 128, 256, 512)), "stem_channels"),
+])
+def test_bad_spec_names_the_field(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ResNetSpec(**bad)
+
+
+def test_bad_spec_dicts():
+    with pytest.raises(ValueError, match="unknown ResNetSpec field.*depth"):
+        spec_from_dict({"unit": "ResNetSpec", "depth": 18})
+    with pytest.raises(ValueError, match="unknown spec unit"):
+        spec_from_dict({"unit": "VGG"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        spec_from_json("{")
+    with pytest.raises(ValueError, match="use_1x1conv"):
+        ResidualSpec(3, 6)
+
+
+def test_random_state_is_seeded_and_bn_stats_are_not_defaults(r18):
+    a, b, c = random_state(r18, 0), random_state(r18, 0), random_state(r18, 1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["stem.conv.weight"], c["stem.conv.weight"])
+    assert all(v.dtype == np.float32 for v in a.values())
+    assert not np.allclose(a["stem.bn.running_mean"], 0) and not np.allclose(a["stem.bn.running_var"], 1)
+    assert (a["stem.bn.running_var"] > 0).all()
+
+
+def test_validate_state_names_every_problem(r18, r18_state):
+    bad = dict(r18_state)
+    del bad["stem.bn.gamma"]
+    bad["stem.bn.extra"] = np.zeros(3, np.float32)
+    bad["head.fc.weight"] = np.zeros((10, 256), np.float32)
+    bad["stages.0.0.conv1.bias"] = np.full(64, np.nan, np.float32)
+    with pytest.raises(ValueError) as e:
+        validate_state(bad, r18)
+    msg = str(e.value)
+    assert "missing key(s): stem.bn.gamma" in msg
+    assert "unexpected key(s): stem.bn.extra" in msg
+    assert "head.fc.weight: expected (10, 512), got (10, 256)" in msg
+    assert "non-finite values in stages.0.0.conv1.bias: 64 of 64" in msg
+    ok = validate_state({**r18_state, "stages.0.0.conv1.bias": np.full(64, np.inf)}, r18,
+                        allow_nonfinite=True)
+    assert np.isinf(ok["stages.0.0.conv1.bias"]).all()
+
+
+def test_state_file_round_trip(tmp_path, tiny):
+    state = random_state(tiny, 3)
+    path = save_state(tmp_path / "w.safetensors", state, tiny)
+    loaded, spec = load_state_file(path)
+    assert spec == tiny
+    assert list(loaded) == list(state)
+    assert all(np.array_equal(loaded[k], state[k]) for k in state)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left behind
+
+
+def test_state_file_errors_name_the_file(tmp_path, tiny):
+    good = save_state(tmp_path / "good.safetensors", random_state(tiny), tiny)
+    raw = good.read_bytes()
+    cases = {
+        "missing.safetensors": None,
+        "empty.safetensors": b"",
+        "truncated.safetensors": raw[: len(raw) // 2],
+        "garbage.safetensors": b"\x00" * 64,
+        "header.safetensors": raw[:12],
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(ValueError, match=name):
+            load_state_file(path)
+
+
+def test_state_file_without_spec_or_with_wrong_tensors(tmp_path, tiny):
+    from safetensors.numpy import save_file
+    state = random_state(tiny)
+    save_file(state, str(tmp_path / "nospec.safetensors"))
+    with pytest.raises(ValueError, match="no 'spec' metadata"):
+        load_state_file(tmp_path / "nospec.safetensors")
+    bad = dict(state)
+    bad["head.fc.bias"] = np.zeros(3, np.float32)
+    save_file(bad, str(tmp_path / "shape.safetensors"), metadata={"spec": tiny.to_json()})
+    with pytest.raises(ValueError, match=r"shape\.safetensors.*head\.fc\.bias: expected \(5,\), got \(3,\)"):
+        load_state_file(tmp_path / "shape.safetensors")
+
+
+def test_failed_save_leaves_old_file_and_no_temporary(tmp_path, tiny):
+    path = save_state(tmp_path / "w.safetensors", random_state(tiny, 0), tiny)
+    before = path.read_bytes()
+    bad = random_state(tiny, 1)
+    del bad["head.fc.bias"]
+    with pytest.raises(ValueError, match="head.fc.bias"):
+        save_state(path, bad, tiny)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["w.safetensors"]

@@ -1,0 +1,106 @@
+"""The PyTorch backend: canonical state in and out, NCHW forward and trace."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.backend import BaseBackend
+from common.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
+
+from .model import ResNet, block_from_spec, residual_from_spec
+
+# canonical BatchNorm name -> torch attribute
+_BN = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
+       "running_var": "running_var"}
+
+
+def parity_mode() -> None:
+    """Full float32 on GPU: TF32 matmuls and convolutions off (they cost ~1e-3 relative)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+class TorchBackend(BaseBackend):
+    name = "torch"
+
+    def _build(self, unit: Unit) -> nn.Module:
+        if isinstance(unit, ResNetSpec):
+            return ResNet(unit)
+        if isinstance(unit, ResnetBlockSpec):
+            return nn.Sequential(*block_from_spec(unit))
+        return residual_from_spec(unit)
+
+    def _read(self, layer: nn.Module, kind: str) -> dict[str, np.ndarray]:
+        names = _BN if kind == "bn" else {"weight": "weight", "bias": "bias"}
+        out = {}
+        for canon, attr in names.items():
+            t = getattr(layer, attr, None)
+            if t is not None:
+                out[canon] = t.detach().cpu().numpy()
+        return out
+
+    def _write(self, layer: nn.Module, kind: str, params: Mapping[str, np.ndarray]) -> None:
+        names = _BN if kind == "bn" else {"weight": "weight", "bias": "bias"}
+        with torch.no_grad():
+            for canon, value in params.items():
+                t = getattr(layer, names[canon])
+                t.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(t.device, t.dtype))
+
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if torch.cuda.is_available() else ["cpu"]
+
+    @contextlib.contextmanager
+    def _session(self, model: nn.Module, training: bool, device: str) -> Iterator[None]:
+        was_training = model.training
+        if device == "gpu":
+            parity_mode()
+        model.to(_torch_device(device))
+        model.train(training)
+        try:
+            with torch.set_grad_enabled(training):
+                yield
+        finally:
+            model.train(was_training)
+
+    def _forward(self, model: nn.Module, x: np.ndarray, training: bool, device: str) -> np.ndarray:
+        return model(torch.from_numpy(x).to(_torch_device(device))).detach().cpu().numpy()
+
+    def _trace_ops(self, model: nn.Module, training: bool, device: str) -> "_Ops":
+        return _Ops(self, model, _torch_device(device))
+
+
+class _Ops:
+    def __init__(self, backend: TorchBackend, model: nn.Module, device: torch.device) -> None:
+        self.backend, self.model, self.device = backend, model, device
+
+    def from_numpy(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).to(self.device)
+
+    def layer(self, attr: tuple) -> Any:
+        return self.backend._resolve(self.model, attr)
+
+    def call(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return layer(x)
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+
+def _torch_device(device: str) -> torch.device:
+    return torch.device("cuda" if device == "gpu" else "cpu")
+
+
+def backend() -> TorchBackend:
+    return TorchBackend()
