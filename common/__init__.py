@@ -1,10 +1,26 @@
 """Framework-neutral core of the ResNet parity suite; imports no framework at import time."""
 
-from .backend import (BACKEND_NAMES, BackendUnavailable, BaseBackend, canonical_name, get_backend,
-                      install_hint)
+from .backend import (
+                      BACKEND_NAMES,
+                      BackendUnavailable,
+                      BaseBackend,
+                      canonical_name,
+                      get_backend,
+                      install_hint,
+)
 from .compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, format_rows, worst
-from .spec import (Layer, ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit, activation_names,
-                   param_shapes, resnet18_spec, spec_from_dict, spec_from_json)
+from .spec import (
+                      Layer,
+                      ResidualSpec,
+                      ResnetBlockSpec,
+                      ResNetSpec,
+                      Unit,
+                      activation_names,
+                      param_shapes,
+                      resnet18_spec,
+                      spec_from_dict,
+                      spec_from_json,
+)
 from .state import State, load_state_file, random_state, save_state, validate_state
 
 __all__ = [

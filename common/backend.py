@@ -15,9 +15,9 @@ from typing import Any, ContextManager, Mapping, Optional
 
 import numpy as np
 
-from .spec import ResNetSpec, ResidualSpec, ResnetBlockSpec, Unit, resnet18_spec
+from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit, resnet18_spec
 from .state import State, validate_state
-from .trace import TraceOps, trace
+from .trace import TraceOps, resolve, trace
 
 # name -> (module, the framework's import name, pip extra, human name)
 _BACKENDS = {
@@ -121,7 +121,7 @@ class BaseBackend(ABC):
         """``{canonical name: float32 array}`` in canonical layouts."""
         out: State = {}
         for layer in self.unit_of(model).layers():
-            params = self._read(self._resolve(model, layer.attr), layer.kind)
+            params = self._read(resolve(model, layer.attr), layer.kind)
             for p in layer.shapes:
                 out[f"{layer.name}.{p}"] = np.array(params[p], dtype=np.float32, copy=True)
         return out
@@ -135,7 +135,7 @@ class BaseBackend(ABC):
         """
         checked = validate_state(state, self.unit_of(model), allow_nonfinite=allow_nonfinite)
         for layer in self.unit_of(model).layers():
-            self._write(self._resolve(model, layer.attr), layer.kind,
+            self._write(resolve(model, layer.attr), layer.kind,
                         {p: checked[f"{layer.name}.{p}"] for p in layer.shapes})
 
     def forward(self, model: Any, x: np.ndarray, training: bool = False,
@@ -154,12 +154,6 @@ class BaseBackend(ABC):
             return trace(self.unit_of(model), ops, ops.from_numpy(x))
 
     # -- helpers ------------------------------------------------------------------------------
-    def _resolve(self, model: Any, attr: tuple) -> Any:
-        obj = model
-        for a in attr:
-            obj = obj[a] if isinstance(a, int) else getattr(obj, a)
-        return obj
-
     def check_input(self, model: Any, x: Any) -> np.ndarray:
         unit = self.unit_of(model)
         x = np.asarray(x)

@@ -27,6 +27,27 @@ class TraceOps(Protocol):
 Record = Callable[[str, Any], None]
 
 
+def resolve(model: Any, attr: tuple) -> Any:
+    """Follow an attribute path (``("stages", 1, 0, "conv1")``) into a framework model."""
+    obj = model
+    for a in attr:
+        obj = obj[a] if isinstance(a, int) else getattr(obj, a)
+    return obj
+
+
+class ModelOps:
+    """What every backend's :class:`TraceOps` shares: reaching layers by path, adding."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def layer(self, attr: tuple) -> Any:
+        return resolve(self.model, attr)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a + b
+
+
 def _walk_residual(r: ResidualSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
                    rec: Record) -> Any:
     def step(name: str, layer_attr: str, v: Any) -> Any:

@@ -7,8 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from common import (BACKEND_NAMES, BackendUnavailable, ResNetSpec, get_backend, random_state,
-                    resnet18_spec)
+from common import (
+    BACKEND_NAMES,
+    BackendUnavailable,
+    ResNetSpec,
+    get_backend,
+    random_state,
+    resnet18_spec,
+)
 
 _cache: dict[str, object] = {}
 

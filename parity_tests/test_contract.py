@@ -7,8 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from common import (ResidualSpec, ResnetBlockSpec, activation_names, param_shapes, random_state,
-                    resnet18_spec)
+from common import (
+    ResidualSpec,
+    ResnetBlockSpec,
+    activation_names,
+    param_shapes,
+    random_state,
+    resnet18_spec,
+)
 
 from .conftest import make_input
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from common import (BACKEND_NAMES, EVAL_RTOL_CPU, ResidualSpec, ResnetBlockSpec, compare,
-                    format_rows, random_state, worst)
+from common import (
+    BACKEND_NAMES,
+    EVAL_RTOL_CPU,
+    ResidualSpec,
+    ResnetBlockSpec,
+    compare,
+    format_rows,
+    random_state,
+    worst,
+)
 
 from .conftest import backend_or_skip, make_input
 from .test_spec import D2L_SHAPES_224

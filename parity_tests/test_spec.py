@@ -7,9 +7,20 @@ import os
 import numpy as np
 import pytest
 
-from common import (ResidualSpec, ResnetBlockSpec, ResNetSpec, activation_names,
-                    load_state_file, param_shapes, random_state, resnet18_spec, save_state,
-                    spec_from_dict, spec_from_json, validate_state)
+from common import (
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    activation_names,
+    load_state_file,
+    param_shapes,
+    random_state,
+    resnet18_spec,
+    save_state,
+    spec_from_dict,
+    spec_from_json,
+    validate_state,
+)
 
 # The shapes d2l's chapter prints for a (1, 1, 224, 224) input, layer by layer.
 D2L_SHAPES_224 = [(1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.backend import BaseBackend
-from common.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
+from common.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.trace import ModelOps
 
 from .model import ResNet, block_from_spec, residual_from_spec
 
@@ -72,27 +73,24 @@ class TorchBackend(BaseBackend):
         return model(torch.from_numpy(x).to(_torch_device(device))).detach().cpu().numpy()
 
     def _trace_ops(self, model: nn.Module, training: bool, device: str) -> "_Ops":
-        return _Ops(self, model, _torch_device(device))
+        return _Ops(model, _torch_device(device))
 
 
-class _Ops:
-    def __init__(self, backend: TorchBackend, model: nn.Module, device: torch.device) -> None:
-        self.backend, self.model, self.device = backend, model, device
+class _Ops(ModelOps):
+    """How :func:`common.trace.trace` calls and reads PyTorch layers."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__(model)
+        self.device = device
 
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
-
-    def layer(self, attr: tuple) -> Any:
-        return self.backend._resolve(self.model, attr)
 
     def call(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
 
     def relu(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
-
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().numpy()

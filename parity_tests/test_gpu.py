@@ -1,0 +1,61 @@
+"""GPU parity: each framework's GPU run against its CPU run, and every pair on GPU.
+
+These run where a framework sees a GPU (TF32 turned off by the backends' parity mode) and skip
+with the reason elsewhere. The bound is EVAL_RTOL_GPU: cuDNN picks other algorithms than the
+CPU libraries do, and each framework picks its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from common import EVAL_RTOL_GPU, compare, format_rows
+
+from .conftest import make_input
+
+pytestmark = pytest.mark.gpu
+
+SHAPE = (2, 1, 96, 96)
+
+
+def need_gpu(be):
+    if "gpu" not in be.devices():
+        pytest.skip(f"{be.name}: no GPU visible to this framework here (CPU-only build or no "
+                    "CUDA device); GPU parity runs where one is")
+
+
+def check(acts, ref, title):
+    rows = compare(acts, ref, EVAL_RTOL_GPU)
+    report = format_rows(rows, title)
+    print(report)
+    assert all(r.ok for r in rows), report
+
+
+def test_gpu_matches_cpu(be, r18, loaded):
+    need_gpu(be)
+    model, x = loaded(be, r18), make_input(SHAPE)
+    cpu = be.activations(model, x, device="cpu")
+    gpu = be.activations(model, x, device="gpu")
+    check(gpu, cpu, f"{be.name}: gpu vs cpu")
+    # the model moved and came back: CPU results are unchanged
+    again = be.activations(model, x, device="cpu")
+    assert all(again[k].tobytes() == cpu[k].tobytes() for k in cpu)
+
+
+def test_pair_parity_on_gpu(pair, r18, loaded):
+    ref, other = pair
+    need_gpu(ref)
+    need_gpu(other)
+    x = make_input(SHAPE)
+    acts = {be.name: be.activations(loaded(be, r18), x, device="gpu") for be in pair}
+    check(acts[other.name], acts[ref.name], f"{other.name} vs {ref.name} on gpu")
+
+
+def test_torch_parity_mode_turns_tf32_off(r18, loaded):
+    torch = pytest.importorskip("torch")
+    from .conftest import backend_or_skip
+    be = backend_or_skip("torch")
+    need_gpu(be)
+    be.forward(loaded(be, r18), make_input(SHAPE), device="gpu")
+    assert not torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.allow_tf32

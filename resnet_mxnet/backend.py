@@ -1,0 +1,125 @@
+"""The MXNet Gluon backend: canonical state in and out, NCHW forward and trace.
+
+Gluon already speaks the canonical layouts (NCHW activations, conv kernels ``(out, in, kh, kw)``,
+dense ``(out, in)``, BatchNorm ``gamma``/``beta``/``running_mean``/``running_var``), so state
+crosses 1:1. Training mode runs under ``autograd.record(train_mode=True)``: BatchNorm then
+normalises with the batch statistics. Gluon moves the running statistics in the *backward*
+pass (with the biased batch variance), not in the forward: a training-mode forward, recorded or
+not, leaves them as they were, unlike PyTorch's. ``parity_tests/test_gluon_idioms.py`` pins
+this down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from common.backend import BaseBackend
+from common.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.trace import ModelOps
+
+from ._compat import autograd, gluon, mx
+from .model import ResNet, block_from_spec, residual_from_spec
+
+# canonical parameter name -> Gluon attribute, per layer kind
+_NAMES = {
+    "conv": {"weight": "weight", "bias": "bias"},
+    "dense": {"weight": "weight", "bias": "bias"},
+    "bn": {p: p for p in ("gamma", "beta", "running_mean", "running_var")},
+}
+
+
+def parity_mode() -> None:
+    """Plain float32 on GPU: no tensor-core (TF32) math, no cuDNN algorithm autotuning.
+
+    MXNet reads these variables when it creates a GPU operator, so they apply to operators
+    created afterwards. Untested on the CPU-only wheel this suite pins (1.9.1 has no GPU here).
+    """
+    os.environ["MXNET_CUDA_ALLOW_TENSOR_CORE"] = "0"
+    os.environ["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = "0"
+
+
+class MxnetBackend(BaseBackend):
+    name = "mxnet"
+
+    def _build(self, unit: Unit) -> gluon.HybridBlock:
+        if isinstance(unit, ResNetSpec):
+            model = ResNet(unit)
+        elif isinstance(unit, ResnetBlockSpec):
+            model = block_from_spec(unit)
+        else:
+            model = residual_from_spec(unit)
+        model.initialize(ctx=mx.cpu())  # every in_channels is given: nothing is deferred
+        return model
+
+    def _read(self, layer: gluon.Block, kind: str) -> dict[str, np.ndarray]:
+        out = {}
+        for canon, attr in _NAMES[kind].items():
+            param = getattr(layer, attr, None)
+            if param is not None:
+                out[canon] = param.data().asnumpy()
+        return out
+
+    def _write(self, layer: gluon.Block, kind: str, params: Mapping[str, np.ndarray]) -> None:
+        for canon, value in params.items():
+            param = getattr(layer, _NAMES[kind][canon])
+            param.set_data(mx.nd.array(value, ctx=param.list_ctx()[0], dtype="float32"))
+
+    def devices(self) -> list[str]:
+        try:
+            has_gpu = mx.context.num_gpus() > 0
+        except mx.base.MXNetError:  # a CUDA build on a machine without a driver
+            has_gpu = False
+        return ["cpu", "gpu"] if has_gpu else ["cpu"]
+
+    @contextlib.contextmanager
+    def _session(self, model: gluon.Block, training: bool, device: str) -> Iterator[None]:
+        ctx = _context(device)
+        if device == "gpu":
+            parity_mode()
+        params = model.collect_params()
+        if any(p.list_ctx() != [ctx] for p in params.values()):
+            params.reset_ctx(ctx)
+        # record(train_mode=True): batch statistics in BatchNorm, and a graph a backward could
+        # use; predict_mode(): running statistics, even inside a caller's record() scope.
+        mode = autograd.record(train_mode=True) if training else autograd.predict_mode()
+        with ctx, mode:
+            yield
+
+    def _forward(self, model: gluon.Block, x: np.ndarray, training: bool, device: str
+                 ) -> np.ndarray:
+        return model(mx.nd.array(x, ctx=_context(device), dtype="float32")).asnumpy()
+
+    def _trace_ops(self, model: gluon.Block, training: bool, device: str) -> "_Ops":
+        return _Ops(model, _context(device))
+
+
+class _Ops(ModelOps):
+    """How :func:`common.trace.trace` calls and reads Gluon layers."""
+
+    def __init__(self, model: gluon.Block, ctx: mx.Context) -> None:
+        super().__init__(model)
+        self.ctx = ctx
+
+    def from_numpy(self, x: np.ndarray) -> mx.nd.NDArray:
+        return mx.nd.array(x, ctx=self.ctx, dtype="float32")
+
+    def call(self, layer: gluon.Block, x: mx.nd.NDArray) -> mx.nd.NDArray:
+        return layer(x)
+
+    def relu(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
+        return mx.nd.relu(x)
+
+    def to_numpy(self, x: mx.nd.NDArray) -> np.ndarray:
+        return x.asnumpy()
+
+
+def _context(device: str) -> mx.Context:
+    return mx.gpu(0) if device == "gpu" else mx.cpu()
+
+
+def backend() -> MxnetBackend:
+    return MxnetBackend()

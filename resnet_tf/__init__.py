@@ -1,0 +1,12 @@
+"""d2l's ResNet in Keras 3: ``Residual``, ``resnet_block``, ``ResNet``, ``resnet18``.
+
+PyTorch's function, not the d2l Keras code's: stride-2 convolutions and the stem max pool pad
+symmetrically (:class:`PaddedConv2D`, :class:`PaddedMaxPooling2D`), and BatchNorm takes the
+spec's eps and momentum. Data is NHWC inside Keras.
+"""
+
+from .blocks import PaddedConv2D, PaddedMaxPooling2D, Residual, ResnetBlock, resnet_block
+from .model import Head, ResNet, Stem, block_from_spec, residual_from_spec, resnet18
+
+__all__ = ["Head", "PaddedConv2D", "PaddedMaxPooling2D", "ResNet", "Residual", "ResnetBlock",
+           "Stem", "block_from_spec", "residual_from_spec", "resnet18", "resnet_block"]

@@ -1,0 +1,225 @@
+"""d2l's ``Residual`` and ``resnet_block`` in Keras 3, with the suite's explicit options.
+
+The names and positional arguments are d2l's Keras ones (``Residual(num_channels, ...)``,
+``ResnetBlock(num_channels, num_residuals, first_block=False)``); the keyword-only options
+(conv bias, shortcut BatchNorm, BatchNorm eps and momentum) default to d2l's PyTorch values, so
+the block is PyTorch's function, not the d2l Keras code's. Two layers fix what differs:
+
+* :class:`PaddedConv2D` pads ``kernel_size // 2`` zeros on *each* side like PyTorch's
+  ``padding=k//2``; Keras's ``padding='same'`` puts the extra row and column of a stride-2
+  convolution at the bottom/right only.
+* :class:`PaddedMaxPooling2D` does the same for max pooling, padding with ``-inf``.
+
+Momentum is given in PyTorch's convention (the weight of the *new* batch); Keras's
+``BatchNormalization(momentum=...)`` is the weight of the *old* value, so it gets ``1 - m``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import keras
+from keras import layers, ops
+
+_PACKAGE = "resnet_tf"
+
+
+def _odd_pair(value: Any, what: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(k % 2 == 0 for k in pair):
+        raise ValueError(f"{what} must be odd (PyTorch's padding=k//2 is symmetric only then), "
+                         f"got {value!r}")
+    return pair
+
+
+def _pad_spatial(x: Any, pad: tuple[int, int], data_format: str, value: float = 0.0) -> Any:
+    """Pad height and width of an NHWC (or NCHW) tensor by ``pad`` on each side."""
+    ph, pw = pad
+    if ph == 0 and pw == 0:
+        return x
+    spatial = [[ph, ph], [pw, pw]]
+    widths = ([[0, 0]] + spatial + [[0, 0]] if data_format == "channels_last"
+              else [[0, 0], [0, 0]] + spatial)
+    return ops.pad(x, widths, constant_values=value)
+
+
+def _padded_shape(shape: tuple, pad: tuple[int, int], data_format: str) -> tuple:
+    axes = (1, 2) if data_format == "channels_last" else (2, 3)
+    out = list(shape)
+    for axis, p in zip(axes, pad):
+        out[axis] = None if out[axis] is None else out[axis] + 2 * p
+    return tuple(out)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PaddedConv2D(layers.Conv2D):
+    """``Conv2D`` with PyTorch's padding: ``kernel_size // 2`` zeros on each side, any stride.
+
+    For a stride-2 convolution the input is zero-padded symmetrically, then convolved
+    ``'valid'``; at stride 1 Keras's own ``'same'`` already is symmetric and is used. The
+    kernel is an ordinary ``Conv2D`` kernel, ``(kh, kw, in, out)``.
+    """
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, **kwargs: Any) -> None:
+        if "padding" in kwargs:
+            raise TypeError("PaddedConv2D always pads kernel_size // 2 on each side; "
+                            "do not pass padding")
+        k = _odd_pair(kernel_size, "kernel_size")
+        s = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        native = s == (1, 1)
+        super().__init__(filters, kernel_size, strides=strides,
+                         padding="same" if native else "valid", **kwargs)
+        self.pad = (0, 0) if native else (k[0] // 2, k[1] // 2)
+
+    def call(self, inputs: Any) -> Any:
+        return super().call(_pad_spatial(inputs, self.pad, self.data_format))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return super().compute_output_shape(_padded_shape(input_shape, self.pad, self.data_format))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("padding")  # derived from kernel_size and strides
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PaddedMaxPooling2D(layers.MaxPooling2D):
+    """``MaxPooling2D`` with PyTorch's padding: ``pool_size // 2`` of ``-inf`` on each side.
+
+    PyTorch's ``MaxPool2d(3, stride=2, padding=1)``; padding never wins a max, even where
+    every input is negative (zero padding would).
+    """
+
+    def __init__(self, pool_size: Any = 3, strides: Any = 2, **kwargs: Any) -> None:
+        if "padding" in kwargs:
+            raise TypeError("PaddedMaxPooling2D always pads pool_size // 2 on each side; "
+                            "do not pass padding")
+        k = _odd_pair(pool_size, "pool_size")
+        super().__init__(pool_size=pool_size, strides=strides, padding="valid", **kwargs)
+        self.pad = (k[0] // 2, k[1] // 2)
+
+    def call(self, inputs: Any) -> Any:
+        return super().call(_pad_spatial(inputs, self.pad, self.data_format, float("-inf")))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return super().compute_output_shape(_padded_shape(input_shape, self.pad, self.data_format))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("padding")
+        return config
+
+
+def batch_norm(bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any
+               ) -> layers.BatchNormalization:
+    """Keras ``BatchNormalization`` from PyTorch-convention eps and momentum."""
+    return layers.BatchNormalization(epsilon=bn_eps, momentum=1.0 - bn_momentum, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Residual(layers.Layer):
+    """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
+        self.conv_bias, self.shortcut_bn = conv_bias, shortcut_bn
+        self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=conv_bias,
+                                  name="conv1")
+        self.bn1 = batch_norm(**bn, name="bn1")
+        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2")
+        self.bn2 = batch_norm(**bn, name="bn2")
+        self.conv3: Optional[PaddedConv2D] = (
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3")
+            if use_1x1conv else None)
+        self.bn3: Optional[layers.BatchNormalization] = (
+            batch_norm(**bn, name="bn3") if use_1x1conv and shortcut_bn else None)
+
+    def build(self, input_shape: tuple) -> None:
+        self.conv1.build(input_shape)
+        shape = self.conv1.compute_output_shape(input_shape)
+        self.bn1.build(shape)
+        self.conv2.build(shape)
+        self.bn2.build(shape)
+        if self.conv3 is not None:
+            self.conv3.build(input_shape)
+        if self.bn3 is not None:
+            self.bn3.build(shape)
+
+    def call(self, X: Any, training: Optional[bool] = None) -> Any:
+        Y = ops.relu(self.bn1(self.conv1(X), training=training))
+        Y = self.bn2(self.conv2(Y), training=training)
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X, training=training)
+        return ops.relu(Y + X)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return self.conv1.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_channels": self.num_channels,
+                "use_1x1conv": self.use_1x1conv, "strides": self.strides,
+                "conv_bias": self.conv_bias, "shortcut_bn": self.shortcut_bn,
+                "bn_eps": self.bn_eps, "bn_momentum": self.bn_momentum}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResnetBlock(layers.Layer):
+    """A ResNet stage (d2l's ``ResnetBlock``): the first Residual halves height and width
+    unless ``first_block``. ``block[i]`` is the i-th Residual."""
+
+    def __init__(self, num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_channels, self.num_residuals, self.first_block = (
+            num_channels, num_residuals, first_block)
+        self.residual_options = dict(conv_bias=conv_bias, shortcut_bn=shortcut_bn,
+                                     bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.residual_layers: list[Residual] = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                blk = Residual(num_channels, use_1x1conv=True, strides=2,
+                               **self.residual_options, name=str(i))
+            else:
+                blk = Residual(num_channels, **self.residual_options, name=str(i))
+            self.residual_layers.append(blk)
+
+    def __getitem__(self, i: int) -> Residual:
+        return self.residual_layers[i]
+
+    def __len__(self) -> int:
+        return len(self.residual_layers)
+
+    def build(self, input_shape: tuple) -> None:
+        for layer in self.residual_layers:
+            layer.build(input_shape)
+            input_shape = layer.compute_output_shape(input_shape)
+
+    def call(self, X: Any, training: Optional[bool] = None) -> Any:
+        for layer in self.residual_layers:
+            X = layer(X, training=training)
+        return X
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        for layer in self.residual_layers:
+            input_shape = layer.compute_output_shape(input_shape)
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_channels": self.num_channels,
+                "num_residuals": self.num_residuals, "first_block": self.first_block,
+                **self.residual_options}
+
+
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False,
+                 **options: Any) -> ResnetBlock:
+    """d2l's ``resnet_block``: a :class:`ResnetBlock` of ``num_residuals`` Residuals."""
+    return ResnetBlock(num_channels, num_residuals, first_block, **options)
