@@ -11,7 +11,7 @@ import pytest
 
 from common import EVAL_RTOL_GPU, compare, format_rows
 
-from .conftest import make_input
+from .conftest import backend_or_skip, make_input
 
 pytestmark = pytest.mark.gpu
 
@@ -51,11 +51,17 @@ def test_pair_parity_on_gpu(pair, r18, loaded):
     check(acts[other.name], acts[ref.name], f"{other.name} vs {ref.name} on gpu")
 
 
-def test_torch_parity_mode_turns_tf32_off(r18, loaded):
-    torch = pytest.importorskip("torch")
-    from .conftest import backend_or_skip
-    be = backend_or_skip("torch")
+def _tf32_enabled(name: str) -> bool:
+    if name == "torch":
+        import torch
+        return torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    import tensorflow as tf
+    return tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+@pytest.mark.parametrize("name", ["torch", "tf"])
+def test_parity_mode_turns_tf32_off(name, r18, loaded):
+    be = backend_or_skip(name)
     need_gpu(be)
     be.forward(loaded(be, r18), make_input(SHAPE), device="gpu")
-    assert not torch.backends.cuda.matmul.allow_tf32
-    assert not torch.backends.cudnn.allow_tf32
+    assert not _tf32_enabled(name)

@@ -19,6 +19,7 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from common import ResNetSpec, diff, random_state  # noqa: E402
+from common.trace import resolve  # noqa: E402
 
 from .conftest import backend_or_skip, make_input  # noqa: E402
 
@@ -40,12 +41,6 @@ def small(tf_be):
 
 def nhwc(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return make_input(shape, seed).transpose(0, 2, 3, 1).copy()
-
-
-def resolve(model: Any, attr: tuple) -> Any:
-    for a in attr:
-        model = model[a] if isinstance(a, int) else getattr(model, a)
-    return model
 
 
 def weights_by_path(model: Any) -> dict[str, np.ndarray]:
