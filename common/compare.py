@@ -31,8 +31,12 @@ class Row:
     note: str = ""
 
 
-def diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """``(max|a-b|, max|a-b| / max|b|)`` in float64; b is the reference."""
+def diff(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> tuple[float, float]:
+    """``(max|a-b|, max|a-b| / max(max|b|, floor))`` in float64; b is the reference.
+
+    ``floor`` keeps a tensor whose true value is zero (a conv bias right before a BatchNorm
+    in training mode has a zero gradient) from turning rounding noise into a huge ratio.
+    """
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a64.size == 0:
         return 0.0, 0.0
@@ -40,14 +44,17 @@ def diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     if not np.isfinite(d).all():
         return float("inf"), float("inf")
     max_abs = float(d.max())
-    scale = float(np.abs(b64).max())
+    scale = max(float(np.abs(b64).max()), floor)
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     return max_abs, max_rel
 
 
 def compare(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], rtol: float = EVAL_RTOL_CPU,
-            names: Optional[list[str]] = None) -> list[Row]:
+            names: Optional[list[str]] = None, floor: float = 0.0) -> list[Row]:
     """Compare ``a`` against the reference ``b`` name by name, in ``b``'s order.
+
+    ``floor`` bounds each relative difference's denominator from below (see :func:`diff`);
+    :func:`global_floor` gives the suite's choice for gradients and parameters.
 
     A name present on one side only, or a shape mismatch, is a failing row, never an exception,
     so a report always shows every layer.
@@ -65,9 +72,16 @@ def compare(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], rtol: floa
             rows.append(Row(name, tuple(y.shape), float("inf"), float("inf"), False,
                             f"shape {tuple(x.shape)} != {tuple(y.shape)}"))
             continue
-        max_abs, max_rel = diff(x, y)
+        max_abs, max_rel = diff(x, y, floor)
         rows.append(Row(name, tuple(y.shape), max_abs, max_rel, max_rel <= rtol))
     return rows
+
+
+def global_floor(tensors: Mapping[str, np.ndarray], fraction: float = 1e-3) -> float:
+    """``fraction`` of the largest magnitude over all tensors: the denominator floor for
+    gradients and parameters, where some tensors are zero in exact arithmetic."""
+    return fraction * max((float(np.abs(v).max()) for v in tensors.values() if np.size(v)),
+                          default=0.0)
 
 
 def worst(rows: list[Row]) -> Row:

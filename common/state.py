@@ -21,8 +21,9 @@ FORMAT = "resnet-parity/1"
 
 
 def validate_state(state: Mapping[str, np.ndarray], unit: Unit, *,
-                   allow_nonfinite: bool = False) -> State:
-    """Check names, shapes and values against ``unit``; return float32 copies in layer order.
+                   allow_nonfinite: bool = False, dtype: str = "float32") -> State:
+    """Check names, shapes and values against ``unit``; return copies in ``dtype`` (float32,
+    the canonical one, unless a float64 model asks), in layer order.
 
     Raises ``ValueError`` listing every missing key, every unexpected key, every shape mismatch
     (expected and actual) and every tensor holding NaN or infinity.
@@ -46,7 +47,7 @@ def validate_state(state: Mapping[str, np.ndarray], unit: Unit, *,
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             problems.append(f"{name} has non-numeric dtype {arr.dtype}")
             continue
-        arr = np.array(arr, dtype=np.float32, copy=True)
+        arr = np.array(arr, dtype=dtype, copy=True)
         if not allow_nonfinite and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             problems.append(f"non-finite values in {name}: {bad} of {arr.size} are NaN or inf")

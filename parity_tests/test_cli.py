@@ -46,8 +46,28 @@ def test_check_passes_and_prints_every_layer(capsys, two, tmp_path):
     assert out.strip().splitlines()[-1].startswith("PASS: 2 frameworks")
     data = json.loads(report.read_text())
     assert data["ok"] and data["input_shape"] == [1, 1, 33, 33]
-    assert len(data["layers"][f"{b} vs {a}"]) == 58
-    assert 0 < data["summary"][0]["max_rel"] <= 1e-5
+    (section,) = data["sections"]
+    assert len(section["rows"][f"{b} vs {a}"]) == 58
+    assert 0 < section["summary"][0]["max_rel"] <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, bound", [("float32", 1e-1), ("float64", 1e-9)])
+def test_check_train_mode(capsys, two, tmp_path, dtype, bound):
+    report = tmp_path / "r.json"
+    code, out, err = run(capsys, "check", "--frameworks", two, "--mode", "train", "--dtype", dtype,
+                         "--size", "32", "--batch", "4", "--momentum", "0.9", "--steps", "2",
+                         "--json", str(report), "-q")
+    assert code == 0, out + err
+    assert "activations, training mode" in out and "loss and gradients" in out
+    assert "after 2 SGD step(s), lr 0.05, momentum 0.9" in out
+    assert "stages.3.1.bn2.running_var" in out and "head.fc.bias" in out
+    data = json.loads(report.read_text())
+    titles = [s["title"] for s in data["sections"]]
+    assert len(titles) == 3 and data["dtype"] == dtype
+    grads = data["sections"][1]
+    rows = next(iter(grads["rows"].values()))
+    assert rows[0]["layer"] == "loss" and len(rows) == 1 + 76
+    assert grads["bound"] == bound and all(r["max_rel"] <= bound for r in rows)
 
 
 def test_check_fails_with_exit_1_when_out_of_bound(capsys, two):

@@ -17,9 +17,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from common.backend import BaseBackend
+from common.backend import SGD, BaseBackend
 from common.spec import ResnetBlockSpec, ResNetSpec, Unit
 from common.trace import ModelOps
+from common.training import Convention
 
 from ._compat import autograd, gluon, mx
 from .model import ResNet, block_from_spec, residual_from_spec
@@ -44,8 +45,9 @@ def parity_mode() -> None:
 
 class MxnetBackend(BaseBackend):
     name = "mxnet"
+    convention = Convention(running_var="biased", updated_in="backward")
 
-    def _build(self, unit: Unit) -> gluon.HybridBlock:
+    def _build(self, unit: Unit, dtype: str) -> gluon.HybridBlock:
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
         elif isinstance(unit, ResnetBlockSpec):
@@ -53,20 +55,22 @@ class MxnetBackend(BaseBackend):
         else:
             model = residual_from_spec(unit)
         model.initialize(ctx=mx.cpu())  # every in_channels is given: nothing is deferred
+        if dtype != "float32":
+            model.cast(dtype)
         return model
 
-    def _read(self, layer: gluon.Block, kind: str) -> dict[str, np.ndarray]:
+    def _read(self, layer: gluon.Block, kind: str, grad: bool = False) -> dict[str, np.ndarray]:
         out = {}
         for canon, attr in _NAMES[kind].items():
             param = getattr(layer, attr, None)
-            if param is not None:
-                out[canon] = param.data().asnumpy()
+            if param is not None and not (grad and param.grad_req == "null"):
+                out[canon] = (param.grad() if grad else param.data()).asnumpy()
         return out
 
     def _write(self, layer: gluon.Block, kind: str, params: Mapping[str, np.ndarray]) -> None:
         for canon, value in params.items():
             param = getattr(layer, _NAMES[kind][canon])
-            param.set_data(mx.nd.array(value, ctx=param.list_ctx()[0], dtype="float32"))
+            param.set_data(mx.nd.array(value, ctx=param.list_ctx()[0], dtype=param.dtype))
 
     def devices(self) -> list[str]:
         try:
@@ -83,15 +87,41 @@ class MxnetBackend(BaseBackend):
         params = model.collect_params()
         if any(p.list_ctx() != [ctx] for p in params.values()):
             params.reset_ctx(ctx)
-        # record(train_mode=True): batch statistics in BatchNorm, and a graph a backward could
-        # use; predict_mode(): running statistics, even inside a caller's record() scope.
-        mode = autograd.record(train_mode=True) if training else autograd.predict_mode()
+        # train_mode(): batch statistics in BatchNorm (the training methods record inside it);
+        # predict_mode(): running statistics, even inside a caller's record() scope.
+        mode = autograd.train_mode() if training else autograd.predict_mode()
         with ctx, mode:
             yield
 
     def _forward(self, model: gluon.Block, x: np.ndarray, training: bool, device: str
                  ) -> np.ndarray:
-        return model(mx.nd.array(x, ctx=_context(device), dtype="float32")).asnumpy()
+        return model(mx.nd.array(x, ctx=_context(device), dtype=x.dtype)).asnumpy()
+
+    def _loss(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, device: str,
+              mean: bool) -> mx.nd.NDArray:
+        """Softmax cross-entropy per example (or its batch mean), recorded for backward."""
+        ctx = _context(device)
+        with autograd.record(train_mode=True):
+            out = model(mx.nd.array(x, ctx=ctx, dtype=x.dtype))
+            logits = out.mean(axis=(2, 3)) if out.ndim == 4 else out  # a lone block: pool H, W
+            loss = _CROSS_ENTROPY(logits, mx.nd.array(y, ctx=ctx, dtype=x.dtype))
+            return loss.mean() if mean else loss
+
+    def _loss_and_grads(self, model: gluon.Block, x: np.ndarray, y: np.ndarray,
+                        device: str) -> float:
+        loss = self._loss(model, x, y, device, mean=True)
+        loss.backward()  # grad_req 'write': the gradient of the batch mean, nothing accumulated
+        return float(loss.asscalar())
+
+    def _sgd_step(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, hyper: SGD,
+                  device: str) -> float:
+        trainer = self._optimizer(model, hyper, lambda: gluon.Trainer(
+            model.collect_params(), "sgd",
+            {"learning_rate": hyper.lr, "momentum": hyper.momentum, "wd": hyper.weight_decay}))
+        loss = self._loss(model, x, y, device, mean=False)
+        loss.backward()  # the sum over the batch; step(batch_size) rescales it to the mean
+        trainer.step(x.shape[0])
+        return float(loss.mean().asscalar())
 
     def _trace_ops(self, model: gluon.Block, training: bool, device: str) -> "_Ops":
         return _Ops(model, _context(device))
@@ -105,7 +135,7 @@ class _Ops(ModelOps):
         self.ctx = ctx
 
     def from_numpy(self, x: np.ndarray) -> mx.nd.NDArray:
-        return mx.nd.array(x, ctx=self.ctx, dtype="float32")
+        return mx.nd.array(x, ctx=self.ctx, dtype=x.dtype)
 
     def call(self, layer: gluon.Block, x: mx.nd.NDArray) -> mx.nd.NDArray:
         return layer(x)
@@ -115,6 +145,9 @@ class _Ops(ModelOps):
 
     def to_numpy(self, x: mx.nd.NDArray) -> np.ndarray:
         return x.asnumpy()
+
+
+_CROSS_ENTROPY = gluon.loss.SoftmaxCrossEntropyLoss()
 
 
 def _context(device: str) -> mx.Context:

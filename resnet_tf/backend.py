@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.backend import BaseBackend
+from common.backend import SGD, BaseBackend
 from common.spec import ResnetBlockSpec, ResNetSpec, Unit
 from common.trace import ModelOps
+from common.training import Convention
 
 from .model import ResNet, block_from_spec, residual_from_spec
 
@@ -49,27 +50,31 @@ def to_nchw(x: Any) -> np.ndarray:
 
 class TfBackend(BaseBackend):
     name = "tf"
+    convention = Convention(running_var="biased", updated_in="forward")
 
     def __init__(self) -> None:
         super().__init__()
+        self._grads: dict[int, np.ndarray] = {}  # id(variable) -> gradient of the last backward
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"resnet_tf needs Keras on TensorFlow; KERAS_BACKEND is "
                                f"{keras.backend.backend()!r}")
 
-    def _build(self, unit: Unit) -> keras.layers.Layer:
+    def _build(self, unit: Unit, dtype: str) -> keras.layers.Layer:
         if isinstance(unit, ResNetSpec):
-            return ResNet(unit)
+            return ResNet(unit, dtype=dtype)
         if isinstance(unit, ResnetBlockSpec):
-            return block_from_spec(unit)
-        return residual_from_spec(unit)
+            return block_from_spec(unit, dtype=dtype)
+        return residual_from_spec(unit, dtype=dtype)
 
-    def _read(self, layer: keras.layers.Layer, kind: str) -> dict[str, np.ndarray]:
+    def _read(self, layer: keras.layers.Layer, kind: str, grad: bool = False
+              ) -> dict[str, np.ndarray]:
+        value = (lambda var: self._grads[id(var)]) if grad else _numpy
         if kind == "bn":
-            return {canon: keras.ops.convert_to_numpy(getattr(layer, attr))
-                    for canon, attr in _BN.items()}
-        out = {"weight": np.transpose(keras.ops.convert_to_numpy(layer.kernel), _TO_CANON[kind])}
+            names = ("gamma", "beta") if grad else _BN
+            return {canon: value(getattr(layer, _BN[canon])) for canon in names}
+        out = {"weight": np.transpose(value(layer.kernel), _TO_CANON[kind])}
         if getattr(layer, "bias", None) is not None:
-            out["bias"] = keras.ops.convert_to_numpy(layer.bias)
+            out["bias"] = value(layer.bias)
         return out
 
     def _write(self, layer: keras.layers.Layer, kind: str,
@@ -97,6 +102,35 @@ class TfBackend(BaseBackend):
                  device: str) -> np.ndarray:
         return to_nchw(model(to_nhwc(x), training=training))
 
+    def _loss_and_grads_tf(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray
+                           ) -> tuple[tf.Tensor, list, list]:
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            out = model(to_nhwc(x), training=True)
+            logits = keras.ops.mean(out, axis=(1, 2)) if len(out.shape) == 4 else out
+            loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+        return loss, variables, tape.gradient(loss, variables)
+
+    def _loss_and_grads(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray,
+                        device: str) -> float:
+        loss, variables, grads = self._loss_and_grads_tf(model, x, y)
+        self._grads = {id(v): _numpy(g) for v, g in zip(variables, grads)}
+        return float(loss)
+
+    def _sgd_step(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray, hyper: SGD,
+                  device: str) -> float:
+        # Keras's own weight_decay is decoupled (w -= lr * wd * w outside the momentum buffer);
+        # PyTorch's and Gluon's is L2 coupled into the gradient. The same trajectory comes from
+        # adding wd * w to the gradient, which is what this does (README: weight decay).
+        opt = self._optimizer(model, hyper, lambda: keras.optimizers.SGD(
+            learning_rate=hyper.lr, momentum=hyper.momentum))
+        loss, variables, grads = self._loss_and_grads_tf(model, x, y)
+        if hyper.weight_decay:
+            grads = [g + hyper.weight_decay * v for g, v in zip(grads, variables)]
+        opt.apply_gradients(zip(grads, variables))
+        return float(loss)
+
     def _trace_ops(self, model: Any, training: bool, device: str) -> "_Ops":
         return _Ops(model, training)
 
@@ -119,6 +153,10 @@ class _Ops(ModelOps):
 
     def to_numpy(self, x: tf.Tensor) -> np.ndarray:
         return to_nchw(x)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
 
 
 def backend() -> TfBackend:

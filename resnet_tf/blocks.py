@@ -129,13 +129,15 @@ class Residual(layers.Layer):
         self.conv_bias, self.shortcut_bn = conv_bias, shortcut_bn
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        bn["dtype"] = dt = self.dtype_policy  # sublayers compute in the block's dtype
         self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=conv_bias,
-                                  name="conv1")
+                                  name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2")
+        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
         self.conv3: Optional[PaddedConv2D] = (
-            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3")
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3",
+                         dtype=dt)
             if use_1x1conv else None)
         self.bn3: Optional[layers.BatchNormalization] = (
             batch_norm(**bn, name="bn3") if use_1x1conv and shortcut_bn else None)
@@ -187,9 +189,10 @@ class ResnetBlock(layers.Layer):
         for i in range(num_residuals):
             if i == 0 and not first_block:
                 blk = Residual(num_channels, use_1x1conv=True, strides=2,
-                               **self.residual_options, name=str(i))
+                               **self.residual_options, name=str(i), dtype=self.dtype_policy)
             else:
-                blk = Residual(num_channels, **self.residual_options, name=str(i))
+                blk = Residual(num_channels, **self.residual_options, name=str(i),
+                               dtype=self.dtype_policy)
             self.residual_layers.append(blk)
 
     def __getitem__(self, i: int) -> Residual:

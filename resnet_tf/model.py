@@ -35,11 +35,12 @@ class Stem(layers.Layer):
         super().__init__(**kwargs)
         self._args = dict(filters=filters, kernel_size=kernel_size, strides=strides, pool=pool,
                           conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        dt = self.dtype_policy  # sublayers compute in the stem's dtype
         self.conv = PaddedConv2D(filters, kernel_size, strides=strides, use_bias=conv_bias,
-                                 name="conv")
-        self.bn = batch_norm(bn_eps, bn_momentum, name="bn")
+                                 name="conv", dtype=dt)
+        self.bn = batch_norm(bn_eps, bn_momentum, name="bn", dtype=dt)
         self.pool: Optional[PaddedMaxPooling2D] = (
-            PaddedMaxPooling2D(3, strides=2, name="pool") if pool else None)
+            PaddedMaxPooling2D(3, strides=2, name="pool", dtype=dt) if pool else None)
 
     def build(self, input_shape: tuple) -> None:
         self.conv.build(input_shape)
@@ -64,9 +65,10 @@ class Head(layers.Layer):
     def __init__(self, num_classes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
-        self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool")
-        self.flatten = layers.Flatten(name="flatten")
-        self.fc = layers.Dense(num_classes, name="fc")
+        dt = self.dtype_policy
+        self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool", dtype=dt)
+        self.flatten = layers.Flatten(name="flatten", dtype=dt)
+        self.fc = layers.Dense(num_classes, name="fc", dtype=dt)
 
     def build(self, input_shape: tuple) -> None:
         self.fc.build((input_shape[0], input_shape[-1]))
@@ -99,10 +101,10 @@ class ResNet(keras.Model):
         self.spec = spec
         self.stem = Stem(spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_pool,
                          conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
-                         bn_momentum=spec.bn_momentum, name="stem")
-        self.stages = [block_from_spec(s, build=False, name=f"stages_{i}")
+                         bn_momentum=spec.bn_momentum, name="stem", dtype=self.dtype_policy)
+        self.stages = [block_from_spec(s, build=False, name=f"stages_{i}", dtype=self.dtype_policy)
                        for i, s in enumerate(spec.stages())]
-        self.head = Head(spec.num_classes, name="head")
+        self.head = Head(spec.num_classes, name="head", dtype=self.dtype_policy)
         self.build((None, None, None, spec.in_channels))
 
     def build(self, input_shape: tuple) -> None:

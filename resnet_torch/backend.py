@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.backend import BaseBackend
+from common.backend import SGD, BaseBackend
 from common.spec import ResnetBlockSpec, ResNetSpec, Unit
 from common.trace import ModelOps
+from common.training import Convention
 
 from .model import ResNet, block_from_spec, residual_from_spec
 
@@ -29,19 +30,24 @@ def parity_mode() -> None:
 
 class TorchBackend(BaseBackend):
     name = "torch"
+    convention = Convention(running_var="unbiased", updated_in="forward")
 
-    def _build(self, unit: Unit) -> nn.Module:
+    def _build(self, unit: Unit, dtype: str) -> nn.Module:
         if isinstance(unit, ResNetSpec):
-            return ResNet(unit)
-        if isinstance(unit, ResnetBlockSpec):
-            return nn.Sequential(*block_from_spec(unit))
-        return residual_from_spec(unit)
+            model = ResNet(unit)
+        elif isinstance(unit, ResnetBlockSpec):
+            model = nn.Sequential(*block_from_spec(unit))
+        else:
+            model = residual_from_spec(unit)
+        return model.to(getattr(torch, dtype))
 
-    def _read(self, layer: nn.Module, kind: str) -> dict[str, np.ndarray]:
+    def _read(self, layer: nn.Module, kind: str, grad: bool = False) -> dict[str, np.ndarray]:
         names = _BN if kind == "bn" else {"weight": "weight", "bias": "bias"}
         out = {}
         for canon, attr in names.items():
             t = getattr(layer, attr, None)
+            if t is not None and grad:
+                t = t.grad
             if t is not None:
                 out[canon] = t.detach().cpu().numpy()
         return out
@@ -71,6 +77,30 @@ class TorchBackend(BaseBackend):
 
     def _forward(self, model: nn.Module, x: np.ndarray, training: bool, device: str) -> np.ndarray:
         return model(torch.from_numpy(x).to(_torch_device(device))).detach().cpu().numpy()
+
+    def _loss(self, model: nn.Module, x: np.ndarray, y: np.ndarray, device: str) -> torch.Tensor:
+        dev = _torch_device(device)
+        out = model(torch.from_numpy(x).to(dev))
+        logits = out.mean(dim=(2, 3)) if out.dim() == 4 else out  # a lone block: pool H, W
+        return F.cross_entropy(logits, torch.from_numpy(y).to(dev))
+
+    def _loss_and_grads(self, model: nn.Module, x: np.ndarray, y: np.ndarray,
+                        device: str) -> float:
+        model.zero_grad(set_to_none=True)
+        loss = self._loss(model, x, y, device)
+        loss.backward()
+        return loss.item()
+
+    def _sgd_step(self, model: nn.Module, x: np.ndarray, y: np.ndarray, hyper: SGD,
+                  device: str) -> float:
+        opt = self._optimizer(model, hyper, lambda: torch.optim.SGD(
+            model.parameters(), lr=hyper.lr, momentum=hyper.momentum,
+            weight_decay=hyper.weight_decay))
+        opt.zero_grad(set_to_none=True)
+        loss = self._loss(model, x, y, device)
+        loss.backward()
+        opt.step()
+        return loss.item()
 
     def _trace_ops(self, model: nn.Module, training: bool, device: str) -> "_Ops":
         return _Ops(model, _torch_device(device))

@@ -1,0 +1,126 @@
+"""Training-step parity: one batch, one framework's trajectory, compared with another's.
+
+Two facts shape every comparison here (README "What differs between the frameworks"):
+
+* PyTorch moves ``running_var`` with the *unbiased* batch variance, Keras 3 and Gluon with the
+  *biased* one. The suite exposes each backend's convention (``Backend.running_var``) and
+  converts exactly before comparing: with ``n`` values per channel, after ``k`` steps from
+  ``r0`` with momentum ``m``, ``biased = d*r0 + (unbiased - d*r0) * (n-1)/n`` where
+  ``d = (1-m)**k``.
+* float32 BatchNorm training is ill-conditioned (the backward pass subtracts nearly equal sums
+  over N*H*W values), so float32 gradients differ by up to a few 1e-2 on some tensors, in each
+  framework against its own float64 run too. Semantics are therefore proven in float64, where
+  the three agree to ~1e-12; float32 bounds are measured (see :data:`TOLERANCES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .compare import Row, compare, global_floor
+from .spec import Unit
+
+RUNNING = ("running_mean", "running_var")
+
+# (check, dtype) -> bound on max|a-b| / max(max|b|, floor). Measured on ResNet-18 (32x32,
+# batch 8, random weights and BN statistics, lr 0.05) and the single blocks, CPU:
+#   activations (training mode): float32 1.2e-5 (stages.3.1.bn2 normalises 8 values), float64 4e-14
+#   loss: float32 4e-7, float64 1e-15
+#   gradients: float32 up to 4.9e-2 (BatchNorm backward cancellation; PyTorch float32 is itself
+#              9e-3 from its float64 result), float64 2e-12
+#   parameters/statistics after 1 step: float32 up to 4e-3, float64 1.6e-8 (Keras and Gluon hold
+#              lr 0.05 and momentum 0.9 in float32)
+#   after 5 steps: float64 3.1e-7; float32 2e-1 to 8e-1 -- lr 0.05 amplifies rounding (PyTorch's
+#              own float32 run is 3e-2 to 2e-1 from its float64 run), so float32 gets no
+#              per-tensor bound beyond "the same order": 1.0.
+TOLERANCES: dict[tuple[str, str], float] = {
+    ("activations", "float32"): 1e-4, ("activations", "float64"): 1e-10,
+    ("loss", "float32"): 1e-5, ("loss", "float64"): 1e-12,
+    ("gradients", "float32"): 1e-1, ("gradients", "float64"): 1e-9,
+    ("step1", "float32"): 2e-2, ("step1", "float64"): 1e-6,
+    ("step5", "float32"): 1.0, ("step5", "float64"): 1e-5,
+}
+
+
+def tolerance(check: str, dtype: str = "float32", steps: int = 1) -> float:
+    key = f"step{1 if steps <= 1 else 5}" if check == "steps" else check
+    return TOLERANCES[(key, dtype)]
+
+
+def is_running(name: str) -> bool:
+    return name.endswith(RUNNING)
+
+
+def bn_counts(unit: Unit, acts: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Values per channel each BatchNorm averages over (N*H*W), from one trace's shapes."""
+    out = {}
+    for layer in unit.layers():
+        if layer.kind == "bn":
+            n, _, h, w = acts[layer.name].shape
+            out[layer.name] = n * h * w
+    return out
+
+
+def convert_running_var(var: np.ndarray, initial: np.ndarray, bn_momentum: float, steps: int,
+                        n: int, src: str, dst: str) -> np.ndarray:
+    """Map a running variance after ``steps`` updates from convention ``src`` to ``dst``.
+
+    Exact when both runs saw the same batch statistics (the same parameters): the part of the
+    running average that came from batches scales by ``(n-1)/n`` (unbiased -> biased).
+    """
+    if src == dst:
+        return var
+    if {src, dst} != {"biased", "unbiased"}:
+        raise ValueError(f"unknown running-variance conventions {src!r} -> {dst!r}")
+    decay = (1.0 - bn_momentum) ** steps
+    factor = (n - 1) / n if dst == "biased" else n / (n - 1)
+    return decay * initial + (var - decay * initial) * factor
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a backend moves BatchNorm running statistics."""
+
+    running_var: str      # "unbiased" (PyTorch) or "biased" (Keras 3, Gluon)
+    updated_in: str       # "forward" (PyTorch, Keras) or "backward" (Gluon)
+
+
+def compare_states(other: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
+                   initial: Mapping[str, np.ndarray], *, rtol: float, unit: Unit, steps: int,
+                   counts: Mapping[str, int], other_var: str, ref_var: str) -> list[Row]:
+    """Parameters (floored, see :func:`global_floor`) and running statistics after ``steps``
+    SGD steps from ``initial``, ``other``'s running variance converted to ``ref``'s convention.
+    """
+    converted = dict(other)
+    for layer, n in counts.items():
+        k = f"{layer}.running_var"
+        converted[k] = convert_running_var(np.asarray(other[k], np.float64), initial[k],
+                                           unit.bn_momentum, steps, n, other_var, ref_var)
+    params = [k for k in ref if not is_running(k)]
+    stats = [k for k in ref if is_running(k)]
+    return (compare(converted, ref, rtol, names=params,
+                    floor=global_floor({k: ref[k] for k in params}))
+            + compare(converted, ref, rtol, names=stats))
+
+
+def labels(unit: Unit, batch: int, seed: int = 0) -> np.ndarray:
+    """Random class labels for ``unit``'s loss (see ``common.backend.num_outputs``)."""
+    from .backend import num_outputs
+    return np.random.default_rng(seed + 1).integers(0, num_outputs(unit), batch)
+
+
+def trajectory(be: Any, unit: Unit, state: Mapping[str, np.ndarray], x: np.ndarray,
+               y: np.ndarray, *, steps: int, lr: float, momentum: float = 0.0,
+               weight_decay: float = 0.0, dtype: str = "float32", device: str = "cpu"
+               ) -> tuple[list[float], list[dict[str, np.ndarray]]]:
+    """Losses and states after each of ``steps`` SGD steps of a fresh model from ``state``."""
+    model = be.build(unit, dtype=dtype)
+    be.load_state(model, state)
+    losses, states = [], []
+    for _ in range(steps):
+        losses.append(be.sgd_step(model, x, y, lr, momentum, weight_decay, device=device))
+        states.append(be.export_state(model))
+    return losses, states
