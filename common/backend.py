@@ -75,9 +75,17 @@ def install_hint(name: str) -> str:
     return f"{human} is not installed: pip install 'resnet-parity[{extra}]'"
 
 
+_instances: dict[str, "BaseBackend"] = {}
+
+
 def get_backend(name: str) -> "BaseBackend":
-    """The backend for "torch", "tf" or "mxnet"; imports that framework now and no other."""
+    """The backend for "torch", "tf" or "mxnet"; imports that framework now and no other.
+
+    One instance per framework: models built through it are known to every later call.
+    """
     key = canonical_name(name)
+    if key in _instances:
+        return _instances[key]
     module, roots, _, _ = _BACKENDS[key]
     try:
         mod = importlib.import_module(module)
@@ -85,7 +93,7 @@ def get_backend(name: str) -> "BaseBackend":
         if (e.name or "").split(".")[0] in roots:
             raise BackendUnavailable(install_hint(key)) from e
         raise
-    return mod.backend()
+    return _instances.setdefault(key, mod.backend())
 
 
 class BaseBackend(ABC):

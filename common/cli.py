@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .backend import BACKEND_NAMES, BackendUnavailable, canonical_name, get_backend
+from .backend import BACKEND_NAMES, BackendUnavailable, canonical_name, get_backend, install_hint
 from .compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, global_floor
 from .spec import ResNetSpec, resnet18_spec
 from .state import load_state_file, random_state
@@ -201,6 +201,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_MISMATCH
 
 
+def cmd_traps(args: argparse.Namespace) -> int:
+    from . import traps
+    missing = [n for n in BACKEND_NAMES if not load_backends([n], "cpu")[0]]
+    if missing:
+        raise CliError("traps compares all three frameworks; not installed: " + ", ".join(
+            install_hint(n) for n in missing))
+    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
+    items = traps.findings(log)
+    if args.markdown:
+        print(traps.markdown(items))
+    else:
+        for f in items:
+            print(f"{f.trap}: {f.measured}\n    PyTorch: {f.pytorch} | Keras: {f.keras} | "
+                  f"Gluon: {f.gluon}\n    suite: {f.fix} (test: {f.test})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="resnet-parity",
@@ -239,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     c.set_defaults(func=cmd_check)
+    t = sub.add_parser(
+        "traps", help="measure every difference between the frameworks (README table)",
+        description="Measure, on this machine, each difference between PyTorch, Keras and Gluon "
+                    "that the suite fixes or exposes: d2l's Keras padding and eps, BatchNorm "
+                    "momentum and running variance, weight decay, initialisers, float32 "
+                    "training. Needs all three frameworks.")
+    t.add_argument("--markdown", action="store_true", help="print the README's table")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    t.set_defaults(func=cmd_traps)
     return p
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import (ResidualSpec, ResnetBlockSpec, compare, format_rows, random_state,
-                    resnet18_spec, worst)
+from common import ResidualSpec, ResnetBlockSpec, compare, format_rows, random_state, resnet18_spec, worst
 from common.compare import global_floor
 from common.training import bn_counts, compare_states, labels, tolerance, trajectory
 

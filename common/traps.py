@@ -1,0 +1,298 @@
+"""Measure each difference between the frameworks that the suite fixes or exposes.
+
+``resnet-parity traps`` prints these figures; the README's table "What differs between the
+frameworks" is its ``--markdown`` output, so the numbers are regenerated, not copied. Each
+figure is ``max|a-b| / max|b|`` unless the line says otherwise, on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .backend import get_backend
+from .compare import Row, compare, diff, global_floor, worst
+from .spec import ResidualSpec, resnet18_spec
+from .state import random_state
+from .training import bn_counts, labels
+
+RESIDUAL = ResidualSpec(3, 6, use_1x1conv=True, strides=2)
+
+
+@dataclass(frozen=True)
+class Finding:
+    trap: str
+    pytorch: str
+    keras: str
+    gluon: str
+    measured: str
+    fix: str
+    test: str
+
+
+def _input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def d2l_keras_residual_rows(size: int, eps: Optional[float]) -> dict[str, Row]:
+    """d2l's Keras ``Residual(6, use_1x1conv=True, strides=2)`` as printed, against the suite's
+    PyTorch one with the same weights; ``eps`` overrides Keras's default BatchNorm eps."""
+    from .d2l_reference import keras_d2l
+    torch_be, tf_be = get_backend("torch"), get_backend("tf")
+    state = random_state(RESIDUAL, seed=size)
+    x = _input((2, 3, size, size), seed=size)
+    ref = torch_be.build(RESIDUAL)
+    torch_be.load_state(ref, state)
+    blk = keras_d2l().Residual(6, use_1x1conv=True, strides=2)
+    blk(np.zeros((1, size, size, 3), np.float32))
+    if eps is not None:
+        blk.bn1.epsilon = blk.bn2.epsilon = eps
+    tf_be.load_state(tf_be.register(blk, RESIDUAL), state)
+    return {r.layer: r for r in compare(tf_be.activations(blk, x), torch_be.activations(ref, x))}
+
+
+def d2l_resnet18_logits_gap() -> tuple[float, float, float]:
+    """Logits, ResNet-18, 96x96: (d2l Keras vs d2l PyTorch, suite Keras vs suite PyTorch,
+    suite PyTorch vs d2l PyTorch), all loaded with one random state."""
+    import torch
+
+    from .d2l_reference import keras_adapter, keras_d2l, torch_adapter, torch_net
+    torch_be, tf_be = get_backend("torch"), get_backend("tf")
+    spec, x = resnet18_spec(), _input((2, 1, 96, 96), seed=96)
+    state = random_state(spec, 0)
+    tnet = torch_net().eval()
+    torch_be.load_state(torch_be.register(torch_adapter(tnet), spec), state)
+    knet = keras_d2l().net()
+    knet(np.zeros((1, 96, 96, 1), np.float32))
+    tf_be.load_state(tf_be.register(keras_adapter(knet), spec), state)
+    with torch.no_grad():
+        d2l_torch = tnet(torch.from_numpy(x)).numpy()
+    d2l_keras = np.asarray(knet(x.transpose(0, 2, 3, 1), training=False))
+    models = {}
+    for be in (torch_be, tf_be):
+        models[be.name] = be.build(spec)
+        be.load_state(models[be.name], state)
+    suite_torch = torch_be.forward(models["torch"], x)
+    suite_tf = tf_be.forward(models["tf"], x)
+    return (diff(d2l_keras, d2l_torch)[1], diff(suite_tf, suite_torch)[1],
+            diff(suite_torch, d2l_torch)[1])
+
+
+def kernel_layout_gap() -> float:
+    """A conv kernel loaded into Keras by reshape (as if the layouts were the same) instead of
+    the transpose the backend does: the conv output's relative error."""
+    import keras
+
+    from resnet_tf import PaddedConv2D
+    w = random_state(RESIDUAL)["conv1.weight"]          # (out, in, kh, kw)
+    x = _input((2, 8, 8, 3))
+    layer = PaddedConv2D(6, 3, use_bias=False)
+    layer.build(x.shape)
+    outs = []
+    for kernel in (w.transpose(2, 3, 1, 0), w.reshape(3, 3, 3, 6)):
+        layer.kernel.assign(kernel)
+        outs.append(keras.ops.convert_to_numpy(layer(x)))
+    return diff(outs[1], outs[0])[1]
+
+
+def max_pool_zero_padding_gap() -> float:
+    """Zero padding instead of -inf before a 3x3/2 max pool, on a signed input, against torch."""
+    import keras
+    import torch
+    x = _input((2, 4, 9, 9))
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, padding=1).numpy()
+    padded = keras.layers.ZeroPadding2D(1)(x.transpose(0, 2, 3, 1))
+    zero = keras.layers.MaxPooling2D(3, 2)(padded)
+    return diff(keras.ops.convert_to_numpy(zero).transpose(0, 3, 1, 2), ref)[1]
+
+
+def bn_momentum_gap() -> float:
+    """Keras BatchNormalization(momentum=0.1) -- PyTorch's number, Keras's meaning -- against
+    PyTorch's BatchNorm2d(momentum=0.1): running mean after one training batch."""
+    import keras
+    import torch
+    x = _input((4, 3, 5, 5)) + 2.0
+    bn = torch.nn.BatchNorm2d(3, momentum=0.1)
+    bn.train()(torch.from_numpy(x))
+    k = keras.layers.BatchNormalization(momentum=0.1)
+    k(x.transpose(0, 2, 3, 1), training=True)
+    return diff(keras.ops.convert_to_numpy(k.moving_mean), bn.running_mean.numpy())[1]
+
+
+def _after_step(name: str, unit, state, x, y, steps=1, **kw) -> dict[str, np.ndarray]:
+    be = get_backend(name)
+    model = be.build(unit, dtype="float64")
+    be.load_state(model, state)
+    for _ in range(steps):
+        be.sgd_step(model, x, y, 0.05, **kw)
+    return be.export_state(model)
+
+
+def running_var_gap() -> tuple[float, int]:
+    """Raw running variance after one SGD step, Keras vs PyTorch (float64, ResNet-18 32x32,
+    batch 8), and the per-channel count n at the worst layer (the ratio is about 1/(n-1))."""
+    spec = resnet18_spec()
+    state, x = random_state(spec, 11), _input((8, 1, 32, 32), 12)
+    y = labels(spec, 8)
+    a, b = _after_step("tf", spec, state, x, y), _after_step("torch", spec, state, x, y)
+    names = [k for k in b if k.endswith("running_var")]
+    w = worst(compare(a, b, names=names))
+    counts = bn_counts(spec, get_backend("torch").activations(
+        get_backend("torch").build(spec), x))
+    return w.max_rel, counts[w.layer.rsplit(".", 1)[0]]
+
+
+def gluon_forward_update() -> tuple[float, float]:
+    """How far one training-mode forward (no backward) moves running_mean: (PyTorch, Gluon)."""
+    import torch
+
+    from resnet_mxnet._compat import autograd, mx
+    from resnet_mxnet.blocks import batch_norm
+    x = _input((4, 3, 5, 5)) + 2.0
+    t = torch.nn.BatchNorm2d(3)
+    t.train()(torch.from_numpy(x))
+    g = batch_norm(3)
+    g.initialize()
+    with autograd.train_mode():
+        g(mx.nd.array(x))
+    return float(np.abs(t.running_mean.numpy()).max()), float(np.abs(g.running_mean.data().asnumpy()).max())
+
+
+def default_init_std() -> dict[str, float]:
+    """Standard deviation of each framework's default init for a 3x3 conv, 64 -> 64."""
+    spec = ResidualSpec(64, 64)
+    return {name: float(np.std(get_backend(name).export_state(
+        get_backend(name).build(spec))["conv1.weight"])) for name in ("torch", "tf", "mxnet")}
+
+
+def weight_decay_gap(momentum: float) -> float:
+    """Keras's own SGD(weight_decay) -- decoupled -- against PyTorch's coupled weight decay,
+    5 steps, float64, a stride-2 Residual."""
+    import keras
+    unit = ResidualSpec(8, 16, use_1x1conv=True, strides=2)
+    state, x = random_state(unit, 11), _input((4, 8, 9, 9), 12)
+    y = labels(unit, 4)
+    ref = _after_step("torch", unit, state, x, y, steps=5, momentum=momentum, weight_decay=0.01)
+    tf_be = get_backend("tf")
+    model = tf_be.build(unit, dtype="float64")
+    tf_be.load_state(model, state)
+    opt = keras.optimizers.SGD(learning_rate=0.05, momentum=momentum, weight_decay=0.01)
+    for _ in range(5):
+        _, variables, grads = tf_be._loss_and_grads_tf(model, x, y)
+        opt.apply_gradients(zip(grads, variables))
+    params = [k for k in ref if not k.endswith(("running_mean", "running_var"))]
+    return worst(compare(tf_be.export_state(model), ref, names=params)).max_rel
+
+
+def float32_gradient_gap() -> float:
+    """PyTorch's float32 gradients against its own float64 ones (ResNet-18, 96x96 images in
+    [0, 1), batch 8)."""
+    spec, be = resnet18_spec(), get_backend("torch")
+    rng = np.random.default_rng(0)
+    state, x = random_state(spec, 0), rng.uniform(0, 1, (8, 1, 96, 96)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    grads = []
+    for dtype in ("float32", "float64"):
+        model = be.build(spec, dtype=dtype)
+        be.load_state(model, state)
+        grads.append(be.gradients(model, x, y)[1])
+    return worst(compare(grads[0], grads[1], floor=global_floor(grads[1]))).max_rel
+
+
+def float32_hyperparameters_gap() -> float:
+    """float64 models, one SGD step at lr 0.05: Keras against PyTorch (Keras keeps lr in float32)."""
+    unit = ResidualSpec(8, 8)
+    state, x = random_state(unit, 1), _input((4, 8, 8, 8), 2)
+    y = labels(unit, 4)
+    a, b = _after_step("tf", unit, state, x, y), _after_step("torch", unit, state, x, y)
+    params = [k for k in b if not k.endswith(("running_mean", "running_var"))]
+    return worst(compare(a, b, names=params, floor=global_floor({k: b[k] for k in params}))).max_rel
+
+
+def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
+    """Measure every trap (needs all three frameworks; about half a minute on 2 cores)."""
+    log("d2l's code as printed ...")
+    d2l_gap, suite_gap, same = d2l_resnet18_logits_gap()
+    even, odd = d2l_keras_residual_rows(8, 1e-5), d2l_keras_residual_rows(9, 1e-5)
+    eps = d2l_keras_residual_rows(9, None)
+    log("BatchNorm ...")
+    rv, n = running_var_gap()
+    fwd_torch, fwd_gluon = gluon_forward_update()
+    log("init, weight decay, precision ...")
+    init = default_init_std()
+    wd0, wd9 = weight_decay_gap(0.0), weight_decay_gap(0.9)
+    f32 = float32_gradient_gap()
+    hyper = float32_hyperparameters_gap()
+    return [
+        Finding("the whole network", "d2l code", "d2l code as printed", "d2l code",
+                f"d2l Keras vs d2l PyTorch logits: {d2l_gap:.1e}; suite Keras vs suite PyTorch: "
+                f"{suite_gap:.1e}; suite PyTorch vs d2l PyTorch: {same:.1e}",
+                "the fixes below", "test_d2l_keras_resnet18_differs_the_suites_does_not"),
+        Finding("activation layout", "NCHW", "NHWC (CPU TensorFlow needs it)", "NCHW",
+                "-", "interface speaks NCHW; resnet_tf transposes at the edge only",
+                "every parity test"),
+        Finding("kernel layout", "(out, in, kh, kw); dense (out, in)",
+                "(kh, kw, in, out); dense (in, out)", "as PyTorch",
+                f"kernel reshaped instead of transposed: conv output off by {kernel_layout_gap():.1e}",
+                "converted in export/load; round trips bit-exact",
+                "test_state_circle_is_bit_exact"),
+        Finding("stride-2 'same' padding", "padding=k//2 each side",
+                "extra row/column at bottom/right when the size is even", "as PyTorch",
+                f"d2l Keras Residual conv1: {even['conv1'].max_rel:.1e} at 8x8, "
+                f"{odd['conv1'].max_rel:.1e} at 9x9",
+                "PaddedConv2D: symmetric zero padding, then 'valid'",
+                "test_same_padding_is_asymmetric_at_stride_2_on_even_sizes"),
+        Finding("max-pool padding", "-inf", "'same' asymmetric; ZeroPadding2D pads zeros", "-inf",
+                f"zero padding on a signed input: {max_pool_zero_padding_gap():.1e} "
+                "(none in ResNet, where the pool follows a ReLU)",
+                "PaddedMaxPooling2D pads -inf", "test_max_pool_pads_with_minus_infinity"),
+        Finding("BatchNorm eps", "1e-5", "1e-3 default", "1e-5",
+                f"d2l Keras Residual bn1: {eps['bn1'].max_rel:.1e} (running var 0.5..2)",
+                "the spec carries eps", "test_keras_default_eps_is_a_second_trap"),
+        Finding("BatchNorm momentum", "0.1 = weight of the new batch",
+                "0.99 default = weight of the old value", "0.9 = weight of the old value",
+                f"Keras momentum=0.1 taken literally: running mean off by {bn_momentum_gap():.1e}",
+                "the spec holds PyTorch's convention; Keras and Gluon get 1 - m",
+                "test_momentum_is_the_weight_of_the_new_batch"),
+        Finding("running variance", "unbiased batch variance", "biased", "biased",
+                f"after 1 step: {rv:.1e} (n = {n} values per channel; ratio ~ 1/(n-1))",
+                "exposed as Backend.convention; compared after exact conversion",
+                "test_running_variance_conventions_differ_by_the_stated_factor"),
+        Finding("update timing", "training forward", "training forward",
+                "backward pass only",
+                f"running mean after one training forward: PyTorch moved {fwd_torch:.2f}, "
+                f"Gluon {fwd_gluon:.2f}",
+                "forward/activations never change the model; sgd_step updates in all three",
+                "test_running_stats_move_in_backward_with_biased_variance"),
+        Finding("default init", "kaiming-uniform", "glorot-uniform", "uniform(-0.07, 0.07)",
+                "std of a 3x3 64->64 conv: " + ", ".join(f"{k} {v:.3f}" for k, v in init.items()),
+                "parity never depends on init: weights are copied",
+                "test_framework_init_is_not_trivial"),
+        Finding("weight decay", "coupled L2 (in the gradient)",
+                "SGD(weight_decay) decoupled (outside momentum)", "wd coupled",
+                f"Keras SGD(weight_decay=0.01) vs PyTorch, 5 steps: {wd0:.1e} without momentum, "
+                f"{wd9:.1e} with momentum 0.9",
+                "sgd_step adds wd*w to Keras gradients: one trajectory in all three",
+                "test_keras_decoupled_weight_decay_matches_pytorch_only_without_momentum"),
+        Finding("float32 training", "float32", "float32", "float32",
+                f"PyTorch float32 vs its own float64 gradients: {f32:.1e} (BatchNorm backward); "
+                f"float64 Keras vs PyTorch after one step: {hyper:.1e} (Keras keeps lr in float32)",
+                "semantics proven in float64 (~1e-12); float32 bounds measured",
+                "test_loss_and_every_gradient"),
+        Finding("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
+                "not measured here (no GPU)", "device='gpu' turns TF32 off", "test_gpu.py"),
+        Finding("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
+                "import mxnet fails on numpy >= 1.24", "resnet_mxnet/_compat.py adds the alias "
+                "only if missing; numpy < 2", "test_shim_is_needed_and_enough"),
+    ]
+
+
+def markdown(items: list[Finding]) -> str:
+    lines = ["| trap | PyTorch | Keras / TF | Gluon | measured | what the suite does | test |",
+             "|---|---|---|---|---|---|---|"]
+    for f in items:
+        lines.append(f"| {f.trap} | {f.pytorch} | {f.keras} | {f.gluon} | {f.measured} | {f.fix} "
+                     f"| `{f.test}` |")
+    return "\n".join(lines)
