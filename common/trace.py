@@ -36,13 +36,16 @@ def resolve(model: Any, attr: tuple) -> Any:
 
 
 class ModelOps:
-    """What every backend's :class:`TraceOps` shares: reaching layers by path, adding."""
+    """What every backend's :class:`TraceOps` shares: reaching layers by path, calling, adding."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
     def layer(self, attr: tuple) -> Any:
         return resolve(self.model, attr)
+
+    def call(self, layer: Any, x: Any) -> Any:
+        return layer(x)
 
     def add(self, a: Any, b: Any) -> Any:
         return a + b

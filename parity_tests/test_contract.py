@@ -153,3 +153,21 @@ def test_only_its_own_framework_is_imported(be):
     loaded = set(out.stdout.strip().split(","))
     own = {"torch": {"torch"}, "tf": {"tensorflow", "keras"}, "mxnet": {"mxnet"}}[be.name]
     assert loaded == own
+
+
+def test_float64_twin(be, tiny):
+    """build(dtype="float64"): state, activations and outputs in float64, same function."""
+    state = random_state(tiny, 4)
+    m32, m64 = be.build(tiny), be.build(tiny, dtype="float64")
+    be.load_state(m32, state)
+    be.load_state(m64, state)
+    exported = be.export_state(m64)
+    assert all(v.dtype == np.float64 for v in exported.values())
+    assert all(np.array_equal(exported[k], state[k]) for k in state)
+    x = make_input((2, 3, 16, 16))
+    y32, y64 = be.forward(m32, x), be.forward(m64, x)
+    assert y64.dtype == np.float64 and y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=0, atol=1e-5 * np.abs(y64).max())
+    assert all(a.dtype == np.float64 for a in be.activations(m64, x).values())
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        be.build(tiny, dtype="float16")

@@ -137,9 +137,6 @@ class _Ops(ModelOps):
     def from_numpy(self, x: np.ndarray) -> mx.nd.NDArray:
         return mx.nd.array(x, ctx=self.ctx, dtype=x.dtype)
 
-    def call(self, layer: gluon.Block, x: mx.nd.NDArray) -> mx.nd.NDArray:
-        return layer(x)
-
     def relu(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
         return mx.nd.relu(x)
 

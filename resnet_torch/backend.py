@@ -116,9 +116,6 @@ class _Ops(ModelOps):
     def from_numpy(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device)
 
-    def call(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return layer(x)
-
     def relu(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
 
