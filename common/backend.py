@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ _BACKENDS = {
 }
 _ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet", "mx": "mxnet"}
 BACKEND_NAMES = tuple(_BACKENDS)
+NATIVE_SUFFIX = {"torch": ".pt", "tf": ".weights.h5", "mxnet": ".params"}
 DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 # Trainable parameters per layer kind (BatchNorm running statistics are state, not parameters).
@@ -279,6 +281,27 @@ class BaseBackend(ABC):
             yield
         finally:
             self.load_state(model, saved, allow_nonfinite=True)
+
+    # -- d2l training ---------------------------------------------------------------------------
+    def trainer(self, model: Any, data: Any, batch_size: int, lr: float, seed: int) -> Any:
+        """The framework's own d2l training loop (``resnet_<name>/train.py``), one epoch a call
+        of ``run_epoch(epoch, on_batch)``; ``data`` is a :class:`common.data.ImageData`."""
+        return self._train_module().Trainer(model, data, batch_size, lr, seed)
+
+    def save_native(self, model: Any, path: str) -> None:
+        """The framework's own checkpoint format (see :data:`NATIVE_SUFFIX`), written whole."""
+        target = os.path.abspath(path)
+        tmp = os.path.join(os.path.dirname(target),
+                           f".tmp-{os.getpid()}-{os.path.basename(target)}")  # keeps the suffix
+        try:
+            self._train_module().save_native(model, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _train_module(self) -> Any:
+        return importlib.import_module(_BACKENDS[self.name][0].replace(".backend", ".train"))
 
     # -- helpers ------------------------------------------------------------------------------
     def check_input(self, model: Any, x: Any) -> np.ndarray:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailable, canonical_name, get_backend, install_hint
-from .compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, global_floor
+from .compare import (
+    EVAL_RTOL_CPU,
+    EVAL_RTOL_GPU,
+    Section,
+    compare,
+    format_section,
+    global_floor,
+    pairwise,
+    summarize,
+)
 from .spec import ResNetSpec, resnet18_spec
 from .state import load_state_file, random_state
 from .training import bn_counts, compare_states, labels, tolerance
@@ -57,23 +64,6 @@ def load_backends(frameworks: Sequence[str], device: str) -> tuple[dict, dict[st
             continue
         backends[name] = be
     return backends, skipped
-
-
-Pairs = dict[tuple[str, str], list[Row]]
-
-
-@dataclass
-class Section:
-    """One per-layer report: every pair of frameworks, the first of a pair the reference."""
-
-    title: str
-    bound: float
-    pairs: Pairs
-
-
-def pairwise(results: dict[str, Any], fn: Callable[[Any, Any, str, str], list[Row]]) -> Pairs:
-    return {(a, b): fn(results[b], results[a], b, a)
-            for a, b in itertools.combinations(results, 2)}
 
 
 def eval_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, device: str,
@@ -121,32 +111,6 @@ def train_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray,
     ]
 
 
-def format_table(pairs: Pairs) -> str:
-    keys = list(pairs)
-    rows0 = next(iter(pairs.values()))
-    width = max(len(r.layer) for r in rows0)
-    head = f"{'layer':<{width}}  {'shape':<18}" + "".join(
-        f" {f'{b} vs {a}':>22}" for a, b in keys) + "  status"
-    sub = f"{'':<{width}}  {'':<18}" + "".join(f" {'max abs':>10} {'max rel':>11}" for _ in keys)
-    lines = [head, sub, "-" * len(head)]
-    for i, r in enumerate(rows0):
-        cells = "".join(f" {pairs[k][i].max_abs:>10.2e} {pairs[k][i].max_rel:>11.2e}" for k in keys)
-        ok = all(pairs[k][i].ok for k in keys)
-        notes = "; ".join(pairs[k][i].note for k in keys if pairs[k][i].note)
-        lines.append(f"{r.layer:<{width}}  {str(r.shape):<18}{cells}  {'ok' if ok else 'FAIL'}"
-                     + (f"  ({notes})" if notes else ""))
-    return "\n".join(lines)
-
-
-def summarize(section: Section) -> list[dict]:
-    out = []
-    for (a, b), rows in section.pairs.items():
-        w = max(rows, key=lambda r: r.max_rel)
-        out.append({"pair": f"{b} vs {a}", "worst_layer": w.layer, "max_rel": w.max_rel,
-                    "max_abs": max(r.max_abs for r in rows)})
-    return out
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     if args.weights:
         try:
@@ -181,11 +145,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for section in sections:
         if len(sections) > 1:
             print(f"\n== {section.title}; bound {section.bound:g}")
-        print(format_table(section.pairs))
-        for item in summarize(section):
-            print(f"{item['pair']}: worst max rel {item['max_rel']:.2e} at {item['worst_layer']}; "
-                  f"max abs {item['max_abs']:.2e}")
-        ok = ok and all(r.ok for rows in section.pairs.values() for r in rows)
+        print(format_section(section))
+        ok = ok and section.ok
     n_rows = sum(len(next(iter(s.pairs.values()))) for s in sections)
     print(f"{'PASS' if ok else 'FAIL'}: {len(backends)} frameworks ({', '.join(backends)}), "
           f"{n_rows} rows, {len(sections[0].pairs)} pair(s), {args.mode} mode")
@@ -215,6 +176,61 @@ def cmd_traps(args: argparse.Namespace) -> int:
         for f in items:
             print(f"{f.trap}: {f.measured}\n    PyTorch: {f.pytorch} | Keras: {f.keras} | "
                   f"Gluon: {f.gluon}\n    suite: {f.fix} (test: {f.test})")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataError, load
+    from .train import TrainConfig, train
+    names = list(BACKEND_NAMES) if args.framework == "all" else [canonical_name(args.framework)]
+    backends, skipped = load_backends(names, "cpu")
+    if skipped:
+        raise CliError("; ".join(skipped.values()))
+    try:
+        data = load(args.data)
+    except DataError as e:
+        raise CliError(str(e)) from None
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      resize=args.resize, seed=args.seed, init=args.init)
+    try:
+        runs = train(list(backends), data, cfg, Path(args.out), progress=not args.quiet)
+    except ValueError as e:  # an --init file that does not fit
+        raise CliError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the files in {args.out} are from the last complete epoch",
+              file=sys.stderr)
+        return 130
+    for r in runs:
+        print(f"{r.name}: {r.checkpoint}, {r.native}, {r.dir / 'metrics.json'}")
+    if len(runs) > 1:
+        print(f"comparison: {Path(args.out) / 'comparison.json'}, "
+              f"{Path(args.out) / 'comparison.png'}")
+    return EXIT_OK
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import DataError, fetch_fashion_mnist, load_fashion_mnist
+    bars: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: Optional[int]) -> None:
+        if args.quiet:
+            return
+        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, unit="B", unit_scale=True,
+                                                           desc=name, file=sys.stderr))
+        bar.update(done - bar.n)
+    try:
+        paths = fetch_fashion_mnist(args.dir, progress=progress,
+                                    **({"base_url": args.url} if args.url else {}))
+        data = load_fashion_mnist(args.dir)
+    except DataError as e:
+        raise CliError(str(e)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"fashion-mnist: {len(data.train)} train and {len(data.test)} test images, md5 "
+          f"verified: {', '.join(p.name for p in paths)} in {args.dir}")
     return EXIT_OK
 
 
@@ -265,6 +281,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--markdown", action="store_true", help="print the README's table")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     t.set_defaults(func=cmd_traps)
+
+    tr = sub.add_parser(
+        "train", help="train ResNet-18 the d2l way in one framework or all three",
+        description="Train d2l's ResNet-18 (SGD, softmax cross-entropy) with each framework's own "
+                    "loop: a torch DataLoader and optimizer, tf.data and Keras fit, a Gluon "
+                    "DataLoader and Trainer. Prints d2l's line per epoch and writes, after every "
+                    "complete epoch, OUT/<framework>/resnet18.safetensors, the framework's own "
+                    "checkpoint and metrics.json. With --framework all the three start from one "
+                    "initial state and see the same batches in the same order; their drift is "
+                    "printed per epoch and plotted to OUT/comparison.png.")
+    tr.add_argument("--framework", default="torch",
+                    choices=["torch", "tf", "mxnet", "all", "pytorch", "keras", "gluon"],
+                    help="which framework (torch), or all three side by side")
+    tr.add_argument("--data", default="builtin", metavar="DIR|builtin",
+                    help="a directory with the four Fashion-MNIST .gz files (see `resnet-parity "
+                         "data`), or builtin: scikit-learn's 8x8 digits, no download (default)")
+    tr.add_argument("--epochs", type=_positive, default=10, help="epochs (10)")
+    tr.add_argument("--batch-size", type=_positive, default=256, help="batch size (256)")
+    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (0.05)")
+    tr.add_argument("--resize", type=_positive, default=96, help="image size (96)")
+    tr.add_argument("--out", default="runs", metavar="DIR", help="output directory (runs)")
+    tr.add_argument("--init", default="xavier", metavar="xavier|FILE",
+                    help="Xavier-uniform (d2l's init_cnn, default) or a canonical safetensors file")
+    tr.add_argument("--seed", type=int, default=0, help="seed for init and batch order (0)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=cmd_train)
+
+    d = sub.add_parser(
+        "data", help="download a data set (fashion-mnist) and verify it",
+        description="Download the four Fashion-MNIST files into DIR, verify their md5 "
+                    "checksums and write each atomically; files already there and intact are "
+                    "kept.")
+    d.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+    d.add_argument("dir", metavar="DIR", help="where to put the files")
+    d.add_argument("--url", default=None, help="mirror to download from (default: the "
+                   "Fashion-MNIST S3 bucket torchvision uses)")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_data)
     return p
 
 

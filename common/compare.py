@@ -6,8 +6,9 @@ reference's largest magnitude, so a near-zero element cannot blow the figure up)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -99,4 +100,63 @@ def format_rows(rows: list[Row], title: str = "") -> str:
     for r in rows:
         lines.append(f"{r.layer:<{width}}  {str(r.shape):<20} {r.max_abs:>10.2e} {r.max_rel:>10.2e}  "
                      f"{'ok' if r.ok else 'FAIL'}{'  ' + r.note if r.note else ''}")
+    return "\n".join(lines)
+
+
+# -- multi-pair reports (resnet-parity check, convert) ------------------------------------------
+Pairs = dict[tuple[str, str], list[Row]]
+
+
+@dataclass
+class Section:
+    """One per-layer report: every pair of frameworks, the first of a pair the reference."""
+
+    title: str
+    bound: float
+    pairs: Pairs
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for rows in self.pairs.values() for r in rows)
+
+
+def pairwise(results: dict[str, Any], fn: Callable[[Any, Any, str, str], list[Row]]) -> Pairs:
+    """``fn(other, reference, other name, reference name)`` for every pair of ``results``."""
+    return {(a, b): fn(results[b], results[a], b, a)
+            for a, b in itertools.combinations(results, 2)}
+
+
+def format_table(pairs: Pairs) -> str:
+    """One row per layer, max abs and max rel for every pair side by side, then ok/FAIL."""
+    keys = list(pairs)
+    rows0 = next(iter(pairs.values()))
+    width = max(len(r.layer) for r in rows0)
+    head = f"{'layer':<{width}}  {'shape':<18}" + "".join(
+        f" {f'{b} vs {a}':>22}" for a, b in keys) + "  status"
+    sub = f"{'':<{width}}  {'':<18}" + "".join(f" {'max abs':>10} {'max rel':>11}" for _ in keys)
+    lines = [head, sub, "-" * len(head)]
+    for i, r in enumerate(rows0):
+        cells = "".join(f" {pairs[k][i].max_abs:>10.2e} {pairs[k][i].max_rel:>11.2e}" for k in keys)
+        ok = all(pairs[k][i].ok for k in keys)
+        notes = "; ".join(pairs[k][i].note for k in keys if pairs[k][i].note)
+        lines.append(f"{r.layer:<{width}}  {str(r.shape):<18}{cells}  {'ok' if ok else 'FAIL'}"
+                     + (f"  ({notes})" if notes else ""))
+    return "\n".join(lines)
+
+
+def summarize(section: Section) -> list[dict]:
+    """Per pair: the worst layer, its max rel, and the largest max abs."""
+    out = []
+    for (a, b), rows in section.pairs.items():
+        w = max(rows, key=lambda r: r.max_rel)
+        out.append({"pair": f"{b} vs {a}", "worst_layer": w.layer, "max_rel": w.max_rel,
+                    "max_abs": max(r.max_abs for r in rows)})
+    return out
+
+
+def format_section(section: Section) -> str:
+    """:func:`format_table` followed by one summary line per pair."""
+    lines = [format_table(section.pairs)]
+    lines += [f"{item['pair']}: worst max rel {item['max_rel']:.2e} at {item['worst_layer']}; "
+              f"max abs {item['max_abs']:.2e}" for item in summarize(section)]
     return "\n".join(lines)

@@ -268,6 +268,16 @@ def resnet18_spec(in_channels: int = 1, num_classes: int = 10, **options: Any) -
     return ResNetSpec(name="resnet18", in_channels=in_channels, num_classes=num_classes, **options)
 
 
+def torchvision_resnet18_spec(in_channels: int = 3, num_classes: int = 1000,
+                              **options: Any) -> ResNetSpec:
+    """torchvision's ``resnet18``: d2l's network without conv biases, with a BatchNorm after
+    each 1x1 shortcut conv (torchvision's ``downsample``). Stem (7x7/2 conv, padding 3; 3x3/2
+    max pool, padding 1), stages, BatchNorm eps 1e-5 and momentum 0.1 are the same as d2l's."""
+    return ResNetSpec(name="torchvision-resnet18", in_channels=in_channels,
+                      num_classes=num_classes, **{"conv_bias": False, "shortcut_bn": True,
+                                                  **options})
+
+
 def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
     """Canonical parameter name -> shape, in layer order."""
     return {f"{layer.name}.{p}": s for layer in unit.layers() for p, s in layer.shapes.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Collection, Mapping, Union
 
 import numpy as np
 
@@ -28,21 +28,33 @@ def validate_state(state: Mapping[str, np.ndarray], unit: Unit, *,
     Raises ``ValueError`` listing every missing key, every unexpected key, every shape mismatch
     (expected and actual) and every tensor holding NaN or infinity.
     """
-    expected = param_shapes(unit)
+    return check_tensors(state, param_shapes(unit), allow_nonfinite=allow_nonfinite, dtype=dtype)
+
+
+def check_tensors(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], *,
+                  allow_nonfinite: bool = False, dtype: str = "float32",
+                  optional: Collection[str] = (), what: str = "state does not fit the spec"
+                  ) -> State:
+    """:func:`validate_state` for any naming: check ``tensors`` against ``expected`` shapes.
+
+    Keys in ``optional`` may be absent. Returns copies in ``dtype``, in ``expected``'s order;
+    raises ``ValueError`` starting with ``what`` and naming every problem.
+    """
     problems = []
-    missing = [k for k in expected if k not in state]
-    unexpected = sorted(k for k in state if k not in expected)
+    missing = [k for k in expected if k not in tensors and k not in optional]
+    unexpected = sorted(k for k in tensors if k not in expected)
     if missing:
         problems.append("missing key(s): " + ", ".join(missing))
     if unexpected:
         problems.append("unexpected key(s): " + ", ".join(unexpected))
     out: State = {}
     for name, shape in expected.items():
-        if name not in state:
+        if name not in tensors:
             continue
-        arr = np.asarray(state[name])
-        if tuple(arr.shape) != shape:
-            problems.append(f"shape mismatch for {name}: expected {shape}, got {tuple(arr.shape)}")
+        arr = np.asarray(tensors[name])
+        if tuple(arr.shape) != tuple(shape):
+            problems.append(f"shape mismatch for {name}: expected {tuple(shape)}, "
+                            f"got {tuple(arr.shape)}")
             continue
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             problems.append(f"{name} has non-numeric dtype {arr.dtype}")
@@ -53,7 +65,7 @@ def validate_state(state: Mapping[str, np.ndarray], unit: Unit, *,
             problems.append(f"non-finite values in {name}: {bad} of {arr.size} are NaN or inf")
         out[name] = arr
     if problems:
-        raise ValueError("state does not fit the spec: " + "; ".join(problems))
+        raise ValueError(f"{what}: " + "; ".join(problems))
     return out
 
 
@@ -79,6 +91,24 @@ def random_state(unit: Unit, seed: int = 0) -> State:
                 v = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
             else:  # biases
                 v = rng.normal(0.0, 0.1, shape)
+            out[f"{layer.name}.{p}"] = v.astype(np.float32)
+    return out
+
+
+def xavier_state(unit: Unit, seed: int = 0) -> State:
+    """d2l's initialisation (``init_cnn``): Xavier-uniform conv and dense weights; zero biases,
+    BatchNorm gamma 1, beta 0 and fresh running statistics (0 and 1)."""
+    rng = np.random.default_rng(seed)
+    fill = {"bias": 0.0, "gamma": 1.0, "beta": 0.0, "running_mean": 0.0, "running_var": 1.0}
+    out: State = {}
+    for layer in unit.layers():
+        for p, shape in layer.shapes.items():
+            if p == "weight":
+                receptive = int(np.prod(shape[2:]))
+                bound = np.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
+                v = rng.uniform(-bound, bound, shape)
+            else:
+                v = np.full(shape, fill[p])
             out[f"{layer.name}.{p}"] = v.astype(np.float32)
     return out
 
@@ -114,6 +144,19 @@ def load_state_file(path: Union[str, os.PathLike], *, allow_nonfinite: bool = Fa
     Raises ``ValueError`` naming the file for anything unreadable: missing, empty, truncated,
     not safetensors, without a spec, or with tensors that do not fit the spec.
     """
+    state, spec = read_state_file(path)
+    try:
+        return validate_state(state, spec, allow_nonfinite=allow_nonfinite), spec
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def read_state_file(path: Union[str, os.PathLike]) -> tuple[dict[str, np.ndarray], Unit]:
+    """The tensors (as stored, not yet validated) and the spec of a :func:`save_state` file.
+
+    Raises ``ValueError`` naming the file when it is missing, empty, not safetensors (truncated,
+    corrupt) or has no readable spec in its metadata.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -124,14 +167,13 @@ def load_state_file(path: Union[str, os.PathLike], *, allow_nonfinite: bool = Fa
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     if "spec" not in meta:
         raise ValueError(f"{path}: safetensors file has no 'spec' metadata; "
                          "was it written by resnet-parity?")
     try:
-        spec = spec_from_json(meta["spec"])
-        return validate_state(state, spec, allow_nonfinite=allow_nonfinite), spec
+        return tensors, spec_from_json(meta["spec"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

@@ -1,0 +1,218 @@
+"""``resnet-parity train``: d2l's recipe in each framework, and the same-init comparison.
+
+Each framework trains with its own idiomatic loop (``resnet_<name>/train.py``); this module
+feeds them the same batches in the same order, runs them an epoch at a time side by side,
+prints d2l's line per epoch, writes checkpoints after every complete epoch (canonical
+safetensors and the framework's own format, each written atomically, so Ctrl-C leaves the
+last complete epoch intact) and a metrics file per run; with several frameworks it also
+measures how far apart they drift and plots their curves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .backend import NATIVE_SUFFIX, BaseBackend, get_backend
+from .compare import compare, global_floor, worst
+from .data import Dataset, ImageData
+from .spec import ResNetSpec, resnet18_spec
+from .state import State, load_state_file, save_state, xavier_state
+
+
+@dataclass
+class TrainConfig:
+    """d2l's recipe by default: SGD lr 0.05, 10 epochs, batch 256, images resized to 96."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.05
+    resize: int = 96
+    seed: int = 0
+    init: str = "xavier"  # or a canonical safetensors file
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    loss: float
+    train_acc: float
+    test_acc: float
+    examples_per_sec: float
+    seconds: float
+    step_losses: list[float] = field(default_factory=list, repr=False)
+
+    def line(self) -> str:
+        """d2l's report line."""
+        return (f"epoch {self.epoch}: loss {self.loss:.3f}, train acc {self.train_acc:.3f}, "
+                f"test acc {self.test_acc:.3f}, {self.examples_per_sec:.1f} examples/sec")
+
+
+def initial_state(spec: ResNetSpec, cfg: TrainConfig) -> State:
+    if cfg.init == "xavier":
+        return xavier_state(spec, cfg.seed)
+    state, file_spec = load_state_file(cfg.init)
+    if file_spec != spec:
+        raise ValueError(f"{cfg.init}: holds {file_spec}, the data needs {spec}")
+    return state
+
+
+def evaluate(be: BaseBackend, model: Any, data: ImageData, batch_size: int) -> float:
+    """Accuracy in eval mode (running BatchNorm statistics)."""
+    correct = 0
+    for x, y in data.batches(batch_size, shuffle=False):
+        correct += int((be.forward(model, x).argmax(axis=1) == y).sum())
+    return correct / len(data)
+
+
+class Run:
+    """One framework's training run and its files under ``out/<framework>/``."""
+
+    def __init__(self, name: str, spec: ResNetSpec, state: State, train: ImageData,
+                 test: ImageData, cfg: TrainConfig, out: Path) -> None:
+        self.be = get_backend(name)
+        self.name, self.spec, self.cfg, self.test = name, spec, cfg, test
+        self.model = self.be.build(spec)
+        self.be.load_state(self.model, state)
+        self.trainer = self.be.trainer(self.model, train, cfg.batch_size, cfg.lr, cfg.seed)
+        self.n_train = len(train)
+        self.dir = out / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.history: list[Epoch] = []
+
+    def epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None) -> Epoch:
+        steps: list[float] = []
+
+        def on_batch(loss: float, n: int) -> None:
+            steps.append(loss)
+            if bar:
+                bar(loss, n)
+        start = time.perf_counter()
+        loss, train_acc = self.trainer.run_epoch(e, on_batch)
+        seconds = time.perf_counter() - start
+        test_acc = evaluate(self.be, self.model, self.test, self.cfg.batch_size)
+        result = Epoch(e + 1, loss, train_acc, test_acc, self.n_train / seconds, seconds, steps)
+        self.history.append(result)
+        self.save()
+        return result
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / f"{self.spec.name}.safetensors"
+
+    @property
+    def native(self) -> Path:
+        return self.dir / f"{self.spec.name}{NATIVE_SUFFIX[self.name]}"
+
+    def save(self) -> None:
+        """Checkpoints and metrics of the last complete epoch, each file written atomically."""
+        save_state(self.checkpoint, self.be.export_state(self.model), self.spec)
+        self.be.save_native(self.model, str(self.native))
+        metrics = {"framework": self.name, "config": asdict(self.cfg), "spec": self.spec.to_dict(),
+                   "checkpoint": str(self.checkpoint), "native_checkpoint": str(self.native),
+                   "epochs": [asdict(h) for h in self.history]}
+        tmp = self.dir / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=1))
+        tmp.replace(self.dir / "metrics.json")
+
+
+def drift(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+    """Per pair: worst relative parameter difference (floored), and the test accuracy gap."""
+    states = {r.name: r.be.export_state(r.model) for r in runs}
+    out = {}
+    for a, b in itertools.combinations(runs, 2):
+        ref = states[a.name]
+        params = [k for k in ref if not k.endswith(("running_mean", "running_var"))]
+        w = worst(compare(states[b.name], ref, names=params,
+                          floor=global_floor({k: ref[k] for k in params})))
+        out[f"{b.name} vs {a.name}"] = {
+            "params_max_rel": w.max_rel, "worst_param": w.layer,
+            "test_acc_gap": abs(a.history[-1].test_acc - b.history[-1].test_acc),
+            "loss_rel_gap": abs(a.history[-1].loss - b.history[-1].loss) / abs(a.history[-1].loss)}
+    return out
+
+
+def plot(runs: Sequence[Run], path: Path) -> Optional[Path]:
+    """Loss and accuracy curves of every run in one PNG (None without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for r in runs:
+        steps = [s for h in r.history for s in h.step_losses]
+        axes[0].plot(np.arange(1, len(steps) + 1), steps, label=r.name, lw=1)
+        epochs = [h.epoch for h in r.history]
+        axes[1].plot(epochs, [h.train_acc for h in r.history], marker="o", label=r.name)
+        axes[2].plot(epochs, [h.test_acc for h in r.history], marker="o", label=r.name)
+    for ax, title in zip(axes, ("training loss per step", "train accuracy", "test accuracy")):
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("epoch")
+    axes[2].set_xlabel("epoch")
+    fig.suptitle("same initial weights, same batches: PyTorch, Keras, Gluon")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
+          progress: bool = True, print_fn: Callable[[str], None] = print) -> list[Run]:
+    """Train ``frameworks`` side by side, epoch by epoch; return the runs.
+
+    On KeyboardInterrupt the runs stop; every file under ``out`` is from the last complete
+    epoch, and the exception propagates for the caller to report.
+    """
+    from tqdm.auto import tqdm
+
+    spec = resnet18_spec(in_channels=1, num_classes=len(data.classes))
+    state = initial_state(spec, cfg)
+    train_data, test_data = ImageData(data.train, cfg.resize), ImageData(data.test, cfg.resize)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [Run(name, spec, state, train_data, test_data, cfg, out) for name in frameworks]
+    print_fn(f"{data.name}: {len(train_data)} train / {len(test_data)} test images resized to "
+             f"{cfg.resize}x{cfg.resize}; {spec.name}, init {cfg.init}, SGD lr {cfg.lr}, "
+             f"batch {cfg.batch_size}, {cfg.epochs} epochs; writing to {out}")
+    comparison: list[dict] = []
+    for e in range(cfg.epochs):
+        for r in runs:
+            with tqdm(total=len(train_data), unit="img", leave=False, file=sys.stderr,
+                      disable=None if progress else True, desc=f"{r.name} epoch {e + 1}/{cfg.epochs}") as bar:
+                def tick(loss: float, n: int) -> None:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    bar.update(n)
+                result = r.epoch(e, tick)
+            print_fn(f"{r.name:>5} {result.line()}")
+        if len(runs) > 1:
+            gaps = drift(runs)
+            comparison.append({"epoch": e + 1, **gaps})
+            for pair, g in gaps.items():
+                print_fn(f"      drift after epoch {e + 1}, {pair}: parameters "
+                         f"{g['params_max_rel']:.1e} (worst {g['worst_param']}), test acc gap "
+                         f"{g['test_acc_gap']:.3f}")
+            _write_comparison(runs, comparison, out)
+    return runs
+
+
+def _write_comparison(runs: Sequence[Run], comparison: list[dict], out: Path) -> None:
+    first = {r.name: r.history[0].step_losses for r in runs}
+    tmp = out / ".comparison.json.tmp"
+    tmp.write_text(json.dumps({"drift": comparison, "first_epoch_step_losses": first,
+                               "final": {r.name: asdict(r.history[-1]) | {"step_losses": None}
+                                         for r in runs}}, indent=1))
+    tmp.replace(out / "comparison.json")
+    plot(runs, out / "comparison.png")
