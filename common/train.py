@@ -124,7 +124,8 @@ class Run:
 
 
 def drift(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
-    """Per pair: worst relative parameter difference (floored), and the test accuracy gap."""
+    """Per pair: the relative distance of all parameters ``|a-b| / |a|`` (L2), the worst single
+    tensor (floored relative), and the gaps in test accuracy and loss."""
     states = {r.name: r.be.export_state(r.model) for r in runs}
     out = {}
     for a, b in itertools.combinations(runs, 2):
@@ -132,7 +133,10 @@ def drift(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
         params = [k for k in ref if not k.endswith(("running_mean", "running_var"))]
         w = worst(compare(states[b.name], ref, names=params,
                           floor=global_floor({k: ref[k] for k in params})))
+        flat_a = np.concatenate([ref[k].ravel() for k in params]).astype(np.float64)
+        flat_b = np.concatenate([states[b.name][k].ravel() for k in params]).astype(np.float64)
         out[f"{b.name} vs {a.name}"] = {
+            "params_rel_l2": float(np.linalg.norm(flat_b - flat_a) / np.linalg.norm(flat_a)),
             "params_max_rel": w.max_rel, "worst_param": w.layer,
             "test_acc_gap": abs(a.history[-1].test_acc - b.history[-1].test_acc),
             "loss_rel_gap": abs(a.history[-1].loss - b.history[-1].loss) / abs(a.history[-1].loss)}
@@ -202,8 +206,8 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
             comparison.append({"epoch": e + 1, **gaps})
             for pair, g in gaps.items():
                 print_fn(f"      drift after epoch {e + 1}, {pair}: parameters "
-                         f"{g['params_max_rel']:.1e} (worst {g['worst_param']}), test acc gap "
-                         f"{g['test_acc_gap']:.3f}")
+                         f"{g['params_rel_l2']:.1e} (L2; worst tensor {g['worst_param']} "
+                         f"{g['params_max_rel']:.1e}), test acc gap {g['test_acc_gap']:.3f}")
             _write_comparison(runs, comparison, out)
     return runs
 
