@@ -209,7 +209,25 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
                          f"{g['params_rel_l2']:.1e} (L2; worst tensor {g['worst_param']} "
                          f"{g['params_max_rel']:.1e}), test acc gap {g['test_acc_gap']:.3f}")
             _write_comparison(runs, comparison, out)
+    if len(runs) > 1:
+        print_fn(final_table(runs, comparison[-1]))
     return runs
+
+
+def final_table(runs: Sequence[Run], last: dict) -> str:
+    """How far apart the runs end: accuracy, loss, and parameter distance per pair."""
+    lines = [f"after {runs[0].history[-1].epoch} epochs:",
+             f"  {'framework':<10}{'loss':>8}{'train acc':>11}{'test acc':>10}{'examples/s':>12}"]
+    for r in runs:
+        h = r.history[-1]
+        lines.append(f"  {r.name:<10}{h.loss:>8.4f}{h.train_acc:>11.3f}{h.test_acc:>10.3f}"
+                     f"{float(np.median([e.examples_per_sec for e in r.history])):>12.1f}")
+    lines.append(f"  {'pair':<16}{'params (rel L2)':>16}{'test acc gap':>14}{'loss gap (rel)':>16}")
+    for pair, g in last.items():
+        if pair != "epoch":
+            lines.append(f"  {pair:<16}{g['params_rel_l2']:>16.2e}{g['test_acc_gap']:>14.3f}"
+                         f"{g['loss_rel_gap']:>16.2e}")
+    return "\n".join(lines)
 
 
 def _write_comparison(runs: Sequence[Run], comparison: list[dict], out: Path) -> None:

@@ -80,7 +80,11 @@ def test_same_init_runs_start_together(runs):
 
 
 def test_files_of_a_run(runs):
-    by_name, out, _ = runs
+    by_name, out, lines = runs
+    table = lines[-1].splitlines()  # how far apart the runs end
+    n = len(by_name)
+    assert table[0] == "after 2 epochs:" and "params (rel L2)" in table[2 + n]
+    assert len(table) == 2 + n + 1 + n * (n - 1) // 2
     for name, r in by_name.items():
         metrics = json.loads((out / name / "metrics.json").read_text())
         assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
@@ -183,6 +187,17 @@ def test_train_cli(tmp_path, capsys):
                  "--resize", "16", "--out", str(tmp_path), "-q"])
     out = capsys.readouterr().out
     assert code == 0 and "torch epoch 1: loss" in out and "metrics.json" in out
+    checkpoint = tmp_path / "torch" / "resnet18.safetensors"
+    code = main(["train", "--framework", "torch", "--epochs", "1", "--batch-size", "128",
+                 "--resize", "16", "--out", str(tmp_path / "again"), "--init", str(checkpoint),
+                 "-q"])
+    assert code == 0 and "init " + str(checkpoint) in capsys.readouterr().out
+    from common import random_state, resnet18_spec, save_state
+    other = resnet18_spec(num_classes=3)
+    save_state(tmp_path / "three.safetensors", random_state(other), other)
+    code = main(["train", "--epochs", "1", "--out", str(tmp_path / "x"),
+                 "--init", str(tmp_path / "three.safetensors")])
+    assert code == 2 and "three.safetensors" in capsys.readouterr().err
     code = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "train-images-idx3-ubyte.gz: missing" in err
