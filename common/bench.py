@@ -1,0 +1,278 @@
+"""``resnet-parity bench``: the same ResNet, the same weights and input, timed side by side.
+
+Each (framework, mode) runs in a fresh worker process, so its thread pools, compile caches and
+peak memory are its own (importing MXNet, for one, drops PyTorch's OpenMP pool to 1 thread in
+a shared process). A worker sets the thread count, checks that the mode computes the same
+function as eager PyTorch -- every layer for eager modes, the logits for compiled ones -- and
+only then times it: forward throughput, training-step throughput (forward, backward, SGD
+update), batch-1 latency and peak resident memory. The float32 matrix-multiply peak is
+measured in the same run (``torch.mm`` of 2048x2048 matrices, same thread count), and MACs
+per image come from the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+MODES = {"torch": ("eager", "compiled"), "tf": ("eager", "function", "xla"),
+         "mxnet": ("imperative", "hybridized")}
+# which modes of each framework are "eager" and which "compiled", for --modes
+KIND = {"eager": "eager", "imperative": "eager", "compiled": "compiled", "function": "compiled",
+        "xla": "compiled", "hybridized": "compiled"}
+PARITY_RTOL = 1e-5
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+               "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS")
+
+
+def conv_macs(spec: Any, size: int) -> int:
+    """Multiply-accumulates of one image through the network (convs and the dense layer)."""
+    from .spec import ResNetSpec
+    assert isinstance(spec, ResNetSpec)
+
+    def out(n: int, k: int, s: int) -> int:
+        return (n + 2 * (k // 2) - k) // s + 1
+    h = out(size, spec.stem_kernel, spec.stem_stride)
+    macs = h * h * spec.stem_kernel ** 2 * spec.in_channels * spec.stem_channels
+    if spec.stem_pool:
+        h = out(h, 3, 2)
+    for stage in spec.stages():
+        for r in stage.residuals():
+            h2 = out(h, 3, r.strides)
+            macs += h2 * h2 * 9 * r.input_channels * r.num_channels      # conv1
+            macs += h2 * h2 * 9 * r.num_channels * r.num_channels        # conv2
+            if r.use_1x1conv:
+                macs += h2 * h2 * r.input_channels * r.num_channels      # shortcut
+            h = h2
+    return macs + spec.stage_channels[-1] * spec.num_classes
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    t = np.asarray(times)
+    return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
+            "p75_s": float(np.percentile(t, 75)), "n": len(times)}
+
+
+def _timed(fn: Callable[[], Any], warmup: int, reps: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return _stats(times)
+
+
+def _pools() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{"api": i["internal_api"], "threads": i["num_threads"],
+             "library": os.path.basename(i["filepath"])} for i in threadpool_info()]
+
+
+def matmul_peak(threads: int, sizes: Sequence[int] = (2048, 3072), reps: int = 5) -> float:
+    """float32 GFLOP/s of ``torch.mm`` (n x n, MKL sgemm), the best over ``sizes`` and ``reps``
+    runs: the machine's practical peak at this thread count."""
+    import torch
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        t = min(_timed(lambda: torch.mm(a, b), 1 if i else 2, 1)["median_s"] for i in range(reps))
+        best = max(best, 2 * n ** 3 / t / 1e9)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    process that started it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(cfg: dict) -> dict:
+    """Run in a fresh process: one framework, one mode."""
+    from .backend import get_backend
+    from .compare import compare, worst
+    from .state import load_state_file
+    name, mode = cfg["framework"], cfg["mode"]
+    be = get_backend(name)
+    bench = importlib.import_module(f"resnet_{name}.bench")
+    bench.set_threads(cfg["threads"])
+    state, spec = load_state_file(cfg["state"])
+    model = be.build(spec)
+    be.load_state(model, state)
+    ref = dict(np.load(cfg["reference"]))
+    x = np.load(cfg["input"])
+    gate = x[:2]
+    forward, train_step = bench.runners(model, mode)
+    result: dict[str, Any] = {"framework": name, "mode": mode, "threads": bench.threads(),
+                              "pools": _pools()}
+    # the parity gate: the same function as eager PyTorch, or no timing
+    if KIND[mode] == "eager":
+        rows = compare(be.activations(model, gate), ref, PARITY_RTOL)
+        what = f"{len(rows)} layers"
+    else:
+        rows = compare({"head.fc": forward(gate)}, {"head.fc": ref["head.fc"]}, PARITY_RTOL)
+        what = "logits"
+    w = worst(rows)
+    result["parity"] = {"checked": what, "worst_layer": w.layer, "max_rel": w.max_rel,
+                        "ok": all(r.ok for r in rows)}
+    if not result["parity"]["ok"]:
+        return result
+    y = np.random.default_rng(1).integers(0, spec.num_classes, x.shape[0])
+    warm, reps = cfg["warmup"], cfg["reps"]
+    start = time.perf_counter()
+    forward(x)  # first call: compile or trace
+    result["first_call_s"] = time.perf_counter() - start
+    result["forward"] = _timed(lambda: forward(x), warm, reps)
+    result["latency_b1"] = _timed(lambda: forward(x[:1]), warm, reps)
+    state_before = be.export_state(model)
+    result["train_step"] = _timed(lambda: train_step(x, y), warm, reps)
+    be.load_state(model, state_before)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def _run_worker(cfg: dict, env: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "common.bench", "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"framework": cfg["framework"], "mode": cfg["mode"], "error": tail}
+    return json.loads(lines[-1])
+
+
+def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, threads: int,
+        warmup: int = 3, reps: int = 10, spec: Any = None, state: Optional[dict] = None,
+        timeout: float = 900.0, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Benchmark every available (framework, mode); return the report (see ``format_report``)."""
+    from .backend import get_backend
+    from .spec import resnet18_spec
+    from .state import random_state, save_state
+    spec = spec or resnet18_spec()
+    state = state if state is not None else random_state(spec, 0)
+    env = dict(os.environ, **{k: str(threads) for k in _THREAD_ENV},
+               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    env["TF_NUM_INTEROP_THREADS"] = env["MXNET_CPU_WORKER_NTHREADS"] = "1"
+    with tempfile.TemporaryDirectory(prefix="resnet-bench-") as tmp:
+        paths = {"input": os.path.join(tmp, "input.npy"),
+                 "reference": os.path.join(tmp, "reference.npz")}
+        paths["state"] = str(save_state(os.path.join(tmp, "state.safetensors"), state, spec))
+        x = np.random.default_rng(0).uniform(0, 1, (batch, spec.in_channels, size, size))
+        np.save(paths["input"], x.astype(np.float32))
+        torch_be = get_backend("torch")  # the reference: eager PyTorch, every layer
+        model = torch_be.build(spec)
+        torch_be.load_state(model, state)
+        np.savez(paths["reference"], **torch_be.activations(model, x[:2].astype(np.float32)))
+        results = []
+        for name in frameworks:
+            for mode in MODES[name]:
+                if KIND[mode] not in modes:
+                    continue
+                log(f"bench {name} {mode} ...")
+                cfg = {"framework": name, "mode": mode, "threads": threads, "warmup": warmup,
+                       "reps": reps, **paths}
+                results.append(_run_worker(cfg, env, timeout))
+    log("float32 matmul peak ...")
+    peak = matmul_peak(threads)
+    macs = conv_macs(spec, size)
+    for r in results:
+        if "forward" in r:
+            fwd_flops = 2 * macs * batch
+            r["forward"]["img_per_s"] = batch / r["forward"]["median_s"]
+            r["forward"]["gflops"] = fwd_flops / r["forward"]["median_s"] / 1e9
+            r["forward"]["fraction_of_peak"] = r["forward"]["gflops"] / peak
+            r["train_step"]["img_per_s"] = batch / r["train_step"]["median_s"]
+            r["train_step"]["gflops"] = 3 * fwd_flops / r["train_step"]["median_s"] / 1e9
+            r["latency_b1"]["ms"] = 1e3 * r["latency_b1"]["median_s"]
+    return {"spec": spec.to_dict(), "batch": batch, "size": size, "threads": threads,
+            "macs_per_image": macs, "matmul_peak_gflops": peak,
+            "peak_how": "torch.mm float32, n=2048 and 3072, best of 5, same thread count",
+            "machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "results": results}
+
+
+def format_report(report: dict) -> str:
+    base = next((r for r in report["results"] if r.get("framework") == "torch"
+                 and r.get("mode") == "eager" and "forward" in r), None)
+    lines = [f"ResNet {report['spec']['name']}, batch {report['batch']}, "
+             f"{report['size']}x{report['size']}, {report['threads']} thread(s); "
+             f"{report['macs_per_image'] / 1e6:.1f} MMACs/image; float32 matmul peak "
+             f"{report['matmul_peak_gflops']:.1f} GFLOP/s ({report['peak_how']})",
+             f"{'frame':<7}{'mode':<12}{'parity':>10}{'fwd img/s':>11}{'spread':>8}{'x torch':>8}"
+             f"{'% peak':>8}{'train img/s':>13}{'x torch':>8}{'b1 ms':>8}{'peak MB':>9}  threads"]
+    for r in report["results"]:
+        head = f"{r['framework']:<7}{r['mode']:<12}"
+        if "error" in r:
+            lines.append(head + f"  error: {r['error']}")
+            continue
+        p = r["parity"]
+        if not p["ok"]:
+            lines.append(head + f"{'WRONG':>10}  {p['worst_layer']} off by {p['max_rel']:.1e}: "
+                                "not timed")
+            continue
+        f, t = r["forward"], r["train_step"]
+        rf = f["img_per_s"] / base["forward"]["img_per_s"] if base else float("nan")
+        rt = t["img_per_s"] / base["train_step"]["img_per_s"] if base else float("nan")
+        th = ",".join(f"{k}={v}" for k, v in r["threads"].items())
+        spread = (f["p75_s"] - f["p25_s"]) / f["median_s"]  # interquartile range, relative
+        lines.append(head + f"{p['max_rel']:>10.1e}{f['img_per_s']:>11.1f}{spread:>7.0%} {rf:>7.2f}"
+                     f"{100 * f['fraction_of_peak']:>7.1f}%{t['img_per_s']:>13.1f}{rt:>8.2f}"
+                     f"{r['latency_b1']['ms']:>8.1f}{r['peak_rss_mb']:>9.0f}  {th}")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [r for r in report["results"] if "forward" in r]
+    labels = [f"{r['framework']}\n{r['mode']}" for r in ok]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key, title in ((axes[0], "forward", "forward (eval) img/s"),
+                           (axes[1], "train_step", "training step img/s")):
+        ax.bar(labels, [r[key]["img_per_s"] for r in ok], color="tab:blue")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"ResNet-18, batch {report['batch']}, {report['size']}x{report['size']}, "
+                 f"{report['threads']} thread(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.bench")
+    p.add_argument("--worker", required=True)
+    args = p.parse_args(argv)
+    cfg = json.loads(args.worker)
+    for k in _THREAD_ENV:
+        os.environ.setdefault(k, str(cfg["threads"]))
+    print(json.dumps(worker(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

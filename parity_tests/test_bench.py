@@ -1,0 +1,106 @@
+"""``resnet-parity bench`` runs on a tiny configuration and its parity gate stops a wrong model.
+No timing is asserted: benchmarks print figures, tests check that they can be trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common import ResNetSpec, random_state, save_state, torchvision_resnet18_spec
+from common.bench import conv_macs, run, worker
+
+from .conftest import backend_or_skip
+
+TINY = ResNetSpec(name="tiny", in_channels=1, num_classes=10, stem_channels=8,
+                  stage_channels=(8, 16), stage_blocks=(1, 1))
+
+
+def test_macs_match_a_count_of_the_torch_modules():
+    """MACs from the spec equal a count over the real torch model's convs and dense layer,
+    and torchvision's ResNet-18 at 224x224 is the published 1.81 GMACs."""
+    torch = pytest.importorskip("torch")
+    be = backend_or_skip("torch")
+    for spec, size in ((torchvision_resnet18_spec(), 224), (TINY, 33)):
+        model, macs = be.build(spec), []
+
+        def hook(module, inputs, output):
+            if isinstance(module, torch.nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                macs.append(output[0].numel() * module.in_channels * k)
+            elif isinstance(module, torch.nn.Linear):
+                macs.append(module.in_features * module.out_features)
+        for m in model.modules():
+            m.register_forward_hook(hook)
+        model.eval()(torch.zeros(1, spec.in_channels, size, size))
+        assert conv_macs(spec, size) == sum(macs)
+    assert conv_macs(torchvision_resnet18_spec(), 224) == pytest.approx(1.81e9, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def report():
+    names = [n for n in ("torch", "tf", "mxnet") if _have(n)]
+    if "torch" not in names:
+        pytest.skip("bench compares against eager PyTorch")
+    return run(names, ["eager"], batch=4, size=32, threads=1, warmup=1, reps=2, spec=TINY)
+
+
+def _have(name):
+    try:
+        backend_or_skip(name)
+        return True
+    except pytest.skip.Exception:
+        return False
+
+
+def test_tiny_bench_reports_every_figure(report):
+    assert report["macs_per_image"] == conv_macs(TINY, 32) and report["matmul_peak_gflops"] > 0
+    assert {r["mode"] for r in report["results"]} <= {"eager", "imperative"}
+    for r in report["results"]:
+        assert "error" not in r, r
+        assert r["parity"]["ok"] and r["parity"]["max_rel"] <= 1e-5
+        assert r["forward"]["img_per_s"] > 0 and r["train_step"]["img_per_s"] > 0
+        assert 0 < r["forward"]["fraction_of_peak"] < 2
+        assert r["latency_b1"]["ms"] > 0 and r["peak_rss_mb"] > 50
+        assert r["forward"]["n"] == 2
+    torch_run = next(r for r in report["results"] if r["framework"] == "torch")
+    assert torch_run["threads"]["intra_op"] == 1  # the requested count, checked in the worker
+
+
+def test_parity_gate_refuses_a_wrong_model(tmp_path):
+    """A model whose weights differ from the reference's is reported wrong and not timed."""
+    torch_be = backend_or_skip("torch")
+    state = random_state(TINY, 0)
+    wrong = dict(state)
+    wrong["stages.1.0.conv2.weight"] = wrong["stages.1.0.conv2.weight"] * 1.01
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
+    model = torch_be.build(TINY)
+    torch_be.load_state(model, state)
+    paths = {"state": str(save_state(tmp_path / "wrong.safetensors", wrong, TINY)),
+             "input": str(tmp_path / "x.npy"), "reference": str(tmp_path / "ref.npz")}
+    np.save(paths["input"], x)
+    np.savez(paths["reference"], **torch_be.activations(model, x[:2]))
+    result = worker({"framework": "torch", "mode": "eager", "threads": 1, "warmup": 1, "reps": 1,
+                     **paths})
+    assert not result["parity"]["ok"]
+    assert result["parity"]["worst_layer"].startswith("stages.1.0")
+    assert "forward" not in result and "train_step" not in result
+
+
+def test_bench_cli(tmp_path, capsys):
+    backend_or_skip("torch")
+    from common.cli import main
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    code = main(["bench", "--frameworks", "torch", "--modes", "eager", "--batch", "2",
+                 "--size", "16", "--threads", "1", "--warmup", "1", "--reps", "2",
+                 "--json", str(out_json), "--plot", str(out_png), "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "torch  eager" in out and "float32 matmul peak" in out
+    data = json.loads(out_json.read_text())
+    assert data["threads"] == 1 and data["results"][0]["forward"]["img_per_s"] > 0
+    assert out_png.read_bytes()[:4] == b"\x89PNG" and os.path.getsize(out_png) > 1000
+    with pytest.raises(SystemExit):
+        main(["bench", "--batch", "0"])
+    assert main(["bench", "--modes", "fast"]) == 2

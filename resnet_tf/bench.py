@@ -1,0 +1,51 @@
+"""Keras's ways to run the model for ``resnet-parity bench``: eager, ``tf.function`` and
+``tf.function(jit_compile=True)`` (XLA)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MODES = ("eager", "function", "xla")
+
+
+def runners(model: keras.Model, mode: str, lr: float = 0.05
+            ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], float]]:
+    """``(forward(x) -> logits, train_step(x, y) -> loss)`` for one mode; NCHW numpy in."""
+    opt = keras.optimizers.SGD(learning_rate=lr)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def fwd(x):
+        return model(x, training=False)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    if mode != "eager":
+        jit = mode == "xla"
+        fwd, step = tf.function(fwd, jit_compile=jit), tf.function(step, jit_compile=jit)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return np.asarray(fwd(tf.constant(x.transpose(0, 2, 3, 1))))
+
+    def train_step(x: np.ndarray, y: np.ndarray) -> float:
+        return float(step(tf.constant(x.transpose(0, 2, 3, 1)), tf.constant(y)))
+
+    return forward, train_step
+
+
+def threads() -> dict[str, int]:
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+def set_threads(n: int) -> None:
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
