@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -234,6 +235,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"eager", "compiled"}:
+        raise CliError(f"--modes takes eager and/or compiled, got {args.modes!r}")
+    backends, skipped = load_backends(args.frameworks, "cpu")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if "torch" not in backends:
+        raise CliError("bench times every mode against eager PyTorch: " + install_hint("torch"))
+    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
+    report = bench.run(list(backends), modes, args.batch, args.size, args.threads,
+                       warmup=args.warmup, reps=args.reps, log=log)
+    print(bench.format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        bench.plot(report, args.plot)
+    wrong = [f"{r['framework']} {r['mode']}" for r in report["results"]
+             if "error" in r or not r["parity"]["ok"]]
+    if wrong:
+        print(f"not timed (wrong or failed): {', '.join(wrong)}")
+    return EXIT_MISMATCH if wrong else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="resnet-parity",
@@ -319,6 +345,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "Fashion-MNIST S3 bucket torchvision uses)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_data)
+
+    b = sub.add_parser(
+        "bench", help="time the same ResNet-18 in each framework and mode, side by side",
+        description="Forward throughput, training-step throughput, batch-1 latency and peak "
+                    "memory of ResNet-18 (same weights, same input) in every framework and "
+                    "mode: PyTorch eager and torch.compile; Keras eager, tf.function and XLA; "
+                    "Gluon imperative and hybridized (static_alloc, static_shape). Each runs in "
+                    "its own process with the thread count set explicitly, and is timed only "
+                    "after it computes the same function as eager PyTorch. Reports GFLOP/s "
+                    "against the float32 matmul peak measured in the same run.")
+    b.add_argument("--frameworks", type=_frameworks, default=list(BACKEND_NAMES),
+                   help="comma-separated: torch,tf,mxnet (default: all three)")
+    b.add_argument("--batch", type=_positive, default=32, help="batch size (32)")
+    b.add_argument("--size", type=_positive, default=96, help="image size (96)")
+    b.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
+                   help="threads for every framework (default: all cores)")
+    b.add_argument("--modes", default="eager,compiled", help="eager,compiled (both)")
+    b.add_argument("--warmup", type=_positive, default=3, help="warm-up runs (3)")
+    b.add_argument("--reps", type=_positive, default=10, help="timed runs; median reported (10)")
+    b.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=cmd_bench)
+
+    from .cli_convert import add_parsers  # convert, inspect (imports this module)
+    add_parsers(sub)
     return p
 
 
@@ -329,6 +381,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as e:
         print(f"resnet-parity: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `resnet-parity check | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .state import publish
+
 FETCH_HINT = "resnet-parity data fashion-mnist {dir}"
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # name -> (md5, what it holds); the checksums torchvision verifies against.
@@ -225,7 +227,7 @@ def fetch_fashion_mnist(directory: os.PathLike | str, base_url: str = FASHION_MN
             got = _md5(Path(tmp))
             if got != md5:
                 raise DataError(f"{url}: md5 {got}, expected {md5}; nothing was written")
-            os.replace(tmp, target)
+            publish(tmp, target)
         except OSError as e:
             raise DataError(f"{url}: download failed ({e})") from None
         finally:

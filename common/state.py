@@ -113,6 +113,15 @@ def xavier_state(unit: Unit, seed: int = 0) -> State:
     return out
 
 
+def publish(tmp: Union[str, os.PathLike], target: Union[str, os.PathLike]) -> None:
+    """Rename a finished temporary file into place with a new file's usual mode (mkstemp makes
+    it private, 0600); the rename is atomic, so readers see the old file or the new one."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, target)
+
+
 def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit) -> Path:
     """Write ``state`` as safetensors with ``spec`` in its metadata, atomically.
 
@@ -129,7 +138,7 @@ def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], s
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in checked.items()}, tmp,
                   metadata={"format": FORMAT, "spec": spec.to_json()})
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -171,3 +171,13 @@ def test_failed_save_leaves_old_file_and_no_temporary(tmp_path, tiny):
         save_state(path, bad, tiny)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.safetensors"]
+
+
+def test_saved_files_get_a_new_files_mode(tmp_path, tiny):
+    """Atomic writes go through a private temporary file; the result must not stay private."""
+    old = os.umask(0o022)
+    try:
+        path = save_state(tmp_path / "w.safetensors", random_state(tiny), tiny)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
