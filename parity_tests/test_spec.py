@@ -40,7 +40,7 @@ def test_resnet18_is_d2l():
     assert shortcuts == [f"stages.{i}.0.shortcut.{p}" for i in (1, 2, 3) for p in ("bias", "weight")]
     assert shapes["stages.2.0.shortcut.weight"] == (256, 128, 1, 1)
     assert shapes["head.fc.weight"] == (10, 512)
-    # 11,178,378 trainable parameters + 2 * 9,600 BatchNorm statistics (d2l's ResNet-18)
+    # 11,178,378 trainable parameters + 2 * 3,904 BatchNorm statistics (d2l's ResNet-18)
     n_stats = sum(int(np.prod(v)) for k, v in shapes.items() if k.endswith(("running_mean", "running_var")))
     assert sum(int(np.prod(v)) for v in shapes.values()) - n_stats == 11_178_378
 
