@@ -16,7 +16,8 @@ import numpy as np
 # frameworks agree to ~1e-6 relative at every layer of ResNet-18; 1e-5 is DESIGN.md's bound.
 EVAL_RTOL_CPU = 1e-5
 # GPU convolutions pick different algorithms per framework (cuDNN autotune, Winograd/FFT),
-# so agreement is looser even with TF32 off; chosen from measurement on GPU runs.
+# so agreement is looser even with TF32 off. Not yet measured: no GPU was lent to the session
+# that wrote this; 1e-4 is ten times the CPU bound, to be replaced by a measured figure.
 EVAL_RTOL_GPU = 1e-4
 
 
