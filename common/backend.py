@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -287,18 +286,6 @@ class BaseBackend(ABC):
         """The framework's own d2l training loop (``resnet_<name>/train.py``), one epoch a call
         of ``run_epoch(epoch, on_batch)``; ``data`` is a :class:`common.data.ImageData`."""
         return self._train_module().Trainer(model, data, batch_size, lr, seed)
-
-    def save_native(self, model: Any, path: str) -> None:
-        """The framework's own checkpoint format (see :data:`NATIVE_SUFFIX`), written whole."""
-        target = os.path.abspath(path)
-        tmp = os.path.join(os.path.dirname(target),
-                           f".tmp-{os.getpid()}-{os.path.basename(target)}")  # keeps the suffix
-        try:
-            self._train_module().save_native(model, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def _train_module(self) -> Any:
         return importlib.import_module(_BACKENDS[self.name][0].replace(".backend", ".train"))

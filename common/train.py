@@ -22,7 +22,9 @@ import numpy as np
 
 from .backend import NATIVE_SUFFIX, BaseBackend, get_backend
 from .compare import compare, global_floor, worst
+from .convert import Staging
 from .data import Dataset, ImageData
+from .formats import detect
 from .spec import ResNetSpec, resnet18_spec
 from .state import State, load_state_file, save_state, xavier_state
 
@@ -113,8 +115,12 @@ class Run:
 
     def save(self) -> None:
         """Checkpoints and metrics of the last complete epoch, each file written atomically."""
-        save_state(self.checkpoint, self.be.export_state(self.model), self.spec)
-        self.be.save_native(self.model, str(self.native))
+        state = self.be.export_state(self.model)
+        save_state(self.checkpoint, state, self.spec)
+        fmt = detect(self.native, writing=True)  # the framework's own format, as convert writes it
+        with Staging(fmt, self.native, force=True) as staged:
+            fmt.write(staged.path, state, self.spec)
+            staged.commit()
         metrics = {"framework": self.name, "config": asdict(self.cfg), "spec": self.spec.to_dict(),
                    "checkpoint": str(self.checkpoint), "native_checkpoint": str(self.native),
                    "epochs": [asdict(h) for h in self.history]}

@@ -47,9 +47,4 @@ class Trainer:
         return total_loss / seen, correct / seen
 
 
-def save_native(model: gluon.HybridBlock, path: str) -> None:
-    """Gluon's own checkpoint: ``save_parameters`` (load with ``load_parameters``)."""
-    model.save_parameters(path)
-
-
-__all__ = ["Trainer", "save_native"]
+__all__ = ["Trainer"]

@@ -57,9 +57,4 @@ class Trainer:
         return float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
 
 
-def save_native(model: keras.Model, path: str) -> None:
-    """Keras's own checkpoint: ``save_weights`` to a ``.weights.h5`` file."""
-    model.save_weights(path)
-
-
-__all__ = ["Trainer", "save_native"]
+__all__ = ["Trainer"]

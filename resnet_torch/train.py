@@ -46,9 +46,4 @@ class Trainer:
         return total_loss / seen, correct / seen
 
 
-def save_native(model: nn.Module, path: str) -> None:
-    """PyTorch's own checkpoint: the state_dict (load with ``torch.load(weights_only=True)``)."""
-    torch.save(model.state_dict(), path)
-
-
-__all__ = ["Trainer", "save_native"]
+__all__ = ["Trainer"]
