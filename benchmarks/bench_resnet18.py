@@ -9,7 +9,7 @@ Figures, never pass/fail timings: see README "Side-by-side benchmark".
 
 import sys
 
-from common.cli import main
+from common.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,34 +1,41 @@
-"""Framework-neutral core of the ResNet parity suite; imports no framework at import time."""
+"""The public API of the ResNet parity suite; importing it loads no framework.
 
-from .backend import (
-                      BACKEND_NAMES,
-                      BackendUnavailable,
-                      BaseBackend,
-                      canonical_name,
-                      get_backend,
-                      install_hint,
+The names below come from the framework-neutral core (``common.core``) and, for
+``get_backend`` and its helpers, from the registry (``common.tools.registry``), which imports a
+framework package only when one is asked for. ``docs/architecture.md`` describes the layers.
+"""
+
+from .core.backend import BaseBackend, Convention, SGDConfig
+from .core.compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, format_rows, worst
+from .core.spec import (
+    Layer,
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    Unit,
+    num_inputs,
+    num_outputs,
+    param_shapes,
+    resnet18_spec,
+    spec_from_dict,
+    spec_from_json,
+    torchvision_resnet18_spec,
 )
-from .compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, format_rows, worst
-from .spec import (
-                      Layer,
-                      ResidualSpec,
-                      ResnetBlockSpec,
-                      ResNetSpec,
-                      Unit,
-                      activation_names,
-                      param_shapes,
-                      resnet18_spec,
-                      spec_from_dict,
-                      spec_from_json,
-                      torchvision_resnet18_spec,
+from .core.state import State, load_state_file, random_state, save_state, validate_state, xavier_state
+from .core.trace import activation_names
+from .tools.registry import (
+    BACKEND_NAMES,
+    BackendUnavailable,
+    canonical_name,
+    get_backend,
+    install_hint,
 )
-from .state import State, load_state_file, random_state, save_state, validate_state, xavier_state
 
 __all__ = [
-    "BACKEND_NAMES", "BackendUnavailable", "BaseBackend", "EVAL_RTOL_CPU", "EVAL_RTOL_GPU", "Layer",
-    "ResNetSpec", "ResidualSpec", "ResnetBlockSpec", "Row", "State", "Unit", "activation_names",
-    "canonical_name", "compare", "diff", "format_rows", "get_backend", "install_hint",
-    "load_state_file", "param_shapes", "random_state", "resnet18_spec", "save_state",
-    "spec_from_dict", "spec_from_json", "torchvision_resnet18_spec", "validate_state", "worst",
-    "xavier_state",
+    "BACKEND_NAMES", "BackendUnavailable", "BaseBackend", "Convention", "EVAL_RTOL_CPU",
+    "EVAL_RTOL_GPU", "Layer", "ResNetSpec", "ResidualSpec", "ResnetBlockSpec", "Row",
+    "SGDConfig", "State", "Unit", "activation_names", "canonical_name", "compare", "diff",
+    "format_rows", "get_backend", "install_hint", "load_state_file", "num_inputs", "num_outputs",
+    "param_shapes", "random_state", "resnet18_spec", "save_state", "spec_from_dict",
+    "spec_from_json", "torchvision_resnet18_spec", "validate_state", "worst", "xavier_state",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import ResNetSpec, random_state, save_state, torchvision_resnet18_spec
-from common.bench import conv_macs, run, worker
+from common.tools.bench import conv_macs, run, worker
 
 from .conftest import backend_or_skip
 
@@ -91,7 +91,7 @@ def test_parity_gate_refuses_a_wrong_model(tmp_path):
 
 def test_bench_cli(tmp_path, capsys):
     backend_or_skip("torch")
-    from common.cli import main
+    from common.tools.cli import main
     out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
     code = main(["bench", "--frameworks", "torch", "--modes", "eager", "--batch", "2",
                  "--size", "16", "--threads", "1", "--warmup", "1", "--reps", "2",

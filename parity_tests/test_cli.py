@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-import common.cli as cli
+import common.tools.cli as cli
+import common.tools.command as command
 from common import BackendUnavailable, install_hint, random_state, resnet18_spec, save_state
 
 from .conftest import backend_or_skip
@@ -97,13 +98,13 @@ def test_unreadable_weights_is_one_line(capsys, tmp_path, content):
 
 
 def test_missing_framework_is_listed_with_the_extra(capsys, monkeypatch, two):
-    real = cli.get_backend
+    real = command.get_backend
 
     def fake(name):
         if name == "mxnet":
             raise BackendUnavailable(install_hint("mxnet"))
         return real(name)
-    monkeypatch.setattr(cli, "get_backend", fake)
+    monkeypatch.setattr(command, "get_backend", fake)
     code, out, _ = run(capsys, "check", "--frameworks", two + ",mxnet", "--size", "16", "-q")
     assert "skipped mxnet: MXNet is not installed: pip install 'resnet-parity[mxnet]'" in out
     assert code == 0
@@ -126,7 +127,7 @@ def test_bad_arguments_exit_2(capsys):
 
 def test_help_text():
     for argv in (["--help"], ["check", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "common.cli", *argv], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "common.tools.cli", *argv], capture_output=True,
                              text=True)
         assert out.returncode == 0 and "usage: resnet-parity" in out.stdout
     assert "--weights FILE" in out.stdout and "--device {cpu,gpu}" in out.stdout

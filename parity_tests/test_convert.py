@@ -1,4 +1,4 @@
-"""Checkpoint conversion and inspection: ``common.formats``, ``common.convert``, and the
+"""Checkpoint conversion and inspection: ``common.tools.formats``, ``common.tools.convert``, and the
 ``resnet-parity convert`` / ``inspect`` commands.
 
 Every format, every ordered pair of formats bit-exact; a torchvision-structured state_dict built
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import common.cli as cli
+import common.tools.cli as cli
 from common import (
     ResNetSpec,
     activation_names,
@@ -33,8 +33,8 @@ from common import (
     save_state,
     torchvision_resnet18_spec,
 )
-from common.convert import convert, infer_io, inspect_checkpoint
-from common.formats import (
+from common.tools.convert import convert, infer_io, inspect_checkpoint
+from common.tools.formats import (
     FORMATS,
     TORCHVISION,
     detect,
@@ -611,7 +611,7 @@ def test_inspect_lists_every_tensor(files, capsys):
     out, _ = capsys.readouterr()
     assert code == 0
     lines = out.splitlines()
-    assert lines[1] == "format: canonical (canonical safetensors (common.state.save_state; the " \
+    assert lines[1] == "format: canonical (canonical safetensors (common.save_state; the " \
                        "spec in its metadata))"
     assert lines[2] == f"spec: {TINY_TV.to_json()}"
     n = sum(int(np.prod(v.shape)) for v in files["state"].values())
@@ -673,20 +673,20 @@ def test_cli_bad_format_name_is_a_usage_error(capsys):
 
 
 def test_help_text():
-    out = subprocess.run([sys.executable, "-m", "common.cli", "convert", "--help"],
+    out = subprocess.run([sys.executable, "-m", "common.tools.cli", "convert", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for words in ("usage: resnet-parity convert", "--allow-nonfinite", "--no-verify", "--force",
                   "--arch {resnet18,torchvision-resnet18}", "PREFIX-symbol.json",
                   "weights_only=True", "Exit status"):
         assert words in out
-    out = subprocess.run([sys.executable, "-m", "common.cli", "inspect", "--help"],
+    out = subprocess.run([sys.executable, "-m", "common.tools.cli", "inspect", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "usage: resnet-parity inspect" in out and "NaN" in out
 
 
 def test_common_imports_no_framework():
-    code = ("import sys, common.formats, common.convert, common.cli_convert, common.cli; "
-            "common.cli.build_parser(); "
+    code = ("import sys, common.tools.formats, common.tools.convert, common.tools.cli; "
+            "common.tools.cli.build_parser(); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'torch', 'tensorflow', 'keras', 'mxnet', 'h5py'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from common import format_rows, traps
+from common import format_rows
+from common.tools import traps
 
 from .conftest import backend_or_skip
 
@@ -52,7 +53,7 @@ def test_keras_default_eps_is_a_second_trap():
 def test_traps_command_measures_every_trap(capsys):
     """`resnet-parity traps --markdown` regenerates the README's table."""
     backend_or_skip("mxnet")
-    from common.cli import main
+    from common.tools.cli import main
     assert main(["traps", "--markdown", "-q"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("| ")]

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from common.data import (
+from common.core.data import (
     FASHION_MNIST_FILES,
     DataError,
     ImageData,
@@ -156,7 +156,7 @@ def test_a_bad_checksum_or_a_missing_file_writes_nothing(tmp_path, fixtures):
 
 
 def test_the_data_command_refuses_a_mirror_with_other_files(tmp_path, fixtures, capsys):
-    from common.cli import main
+    from common.tools.cli import main
     _, _, server = fixtures
     code = main(["data", "fashion-mnist", str(tmp_path / "d"), "--url", server.url, "-q"])
     assert code == 2

@@ -17,7 +17,7 @@ pytest.importorskip("resnet_mxnet", reason="MXNet is not installed: "
                     "pip install 'resnet-parity[mxnet]'")
 
 from common import ResidualSpec, ResNetSpec, diff, get_backend, param_shapes, random_state  # noqa: E402
-from common.trace import resolve  # noqa: E402
+from common.core.trace import resolve  # noqa: E402
 from resnet_mxnet import Residual, ResNet, resnet_block  # noqa: E402
 from resnet_mxnet._compat import autograd, ensure_numpy_bool, mx  # noqa: E402
 from resnet_mxnet.blocks import batch_norm  # noqa: E402

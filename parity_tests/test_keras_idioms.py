@@ -19,7 +19,7 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from common import ResNetSpec, diff, random_state  # noqa: E402
-from common.trace import resolve  # noqa: E402
+from common.core.trace import resolve  # noqa: E402
 
 from .conftest import backend_or_skip, make_input  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_built_at_construction_with_readable_paths(tf_be):
     assert isinstance(model.stages[1], ResnetBlock) and len(model.stages[1]) == 1
     assert model.stages[1][0] is model.stages[1].residual_layers[0]
     paths = [v.path for v in model.weights]
-    assert "small/stem/conv/kernel" in paths and "small/stages_1/0/conv3/kernel" in paths
+    assert "small/stem/conv/kernel" in paths and "small/stages.1/0/conv3/kernel" in paths
     assert "small/head/fc/bias" in paths
     assert len(paths) == len(set(paths))
 

@@ -17,16 +17,17 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from common.backend import SGD, BaseBackend
-from common.spec import ResnetBlockSpec, ResNetSpec, Unit
-from common.trace import ModelOps
-from common.training import Convention
+from common.core.backend import BaseBackend, Convention, SGDConfig
+from common.core.data import ImageData
+from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.trace import ModelOps
 
 from ._compat import autograd, gluon, mx
 from .model import ResNet, block_from_spec, residual_from_spec
+from .train import Trainer
 
 # canonical parameter name -> Gluon attribute, per layer kind
-_NAMES = {
+_PARAM_NAMES = {
     "conv": {"weight": "weight", "bias": "bias"},
     "dense": {"weight": "weight", "bias": "bias"},
     "bn": {p: p for p in ("gamma", "beta", "running_mean", "running_var")},
@@ -61,7 +62,7 @@ class MxnetBackend(BaseBackend):
 
     def _read(self, layer: gluon.Block, kind: str, grad: bool = False) -> dict[str, np.ndarray]:
         out = {}
-        for canon, attr in _NAMES[kind].items():
+        for canon, attr in _PARAM_NAMES[kind].items():
             param = getattr(layer, attr, None)
             if param is not None and not (grad and param.grad_req == "null"):
                 out[canon] = (param.grad() if grad else param.data()).asnumpy()
@@ -69,7 +70,7 @@ class MxnetBackend(BaseBackend):
 
     def _write(self, layer: gluon.Block, kind: str, params: Mapping[str, np.ndarray]) -> None:
         for canon, value in params.items():
-            param = getattr(layer, _NAMES[kind][canon])
+            param = getattr(layer, _PARAM_NAMES[kind][canon])
             param.set_data(mx.nd.array(value, ctx=param.list_ctx()[0], dtype=param.dtype))
 
     def devices(self) -> list[str]:
@@ -81,7 +82,7 @@ class MxnetBackend(BaseBackend):
 
     @contextlib.contextmanager
     def _session(self, model: gluon.Block, training: bool, device: str) -> Iterator[None]:
-        ctx = _context(device)
+        ctx = _device(device)
         if device == "gpu":
             parity_mode()
         params = model.collect_params()
@@ -95,12 +96,12 @@ class MxnetBackend(BaseBackend):
 
     def _forward(self, model: gluon.Block, x: np.ndarray, training: bool, device: str
                  ) -> np.ndarray:
-        return model(mx.nd.array(x, ctx=_context(device), dtype=x.dtype)).asnumpy()
+        return model(mx.nd.array(x, ctx=_device(device), dtype=x.dtype)).asnumpy()
 
     def _loss(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, device: str,
               mean: bool) -> mx.nd.NDArray:
         """Softmax cross-entropy per example (or its batch mean), recorded for backward."""
-        ctx = _context(device)
+        ctx = _device(device)
         with autograd.record(train_mode=True):
             out = model(mx.nd.array(x, ctx=ctx, dtype=x.dtype))
             logits = out.mean(axis=(2, 3)) if out.ndim == 4 else out  # a lone block: pool H, W
@@ -113,7 +114,7 @@ class MxnetBackend(BaseBackend):
         loss.backward()  # grad_req 'write': the gradient of the batch mean, nothing accumulated
         return float(loss.asscalar())
 
-    def _sgd_step(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, hyper: SGD,
+    def _sgd_step(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, hyper: SGDConfig,
                   device: str) -> float:
         trainer = self._optimizer(model, hyper, lambda: gluon.Trainer(
             model.collect_params(), "sgd",
@@ -124,11 +125,15 @@ class MxnetBackend(BaseBackend):
         return float(loss.mean().asscalar())
 
     def _trace_ops(self, model: gluon.Block, training: bool, device: str) -> "_Ops":
-        return _Ops(model, _context(device))
+        return _Ops(model, _device(device))
+
+    def trainer(self, model: gluon.HybridBlock, data: ImageData, batch_size: int, lr: float,
+                seed: int) -> Trainer:
+        return Trainer(model, data, batch_size, lr, seed)
 
 
 class _Ops(ModelOps):
-    """How :func:`common.trace.trace` calls and reads Gluon layers."""
+    """How :func:`common.core.trace.trace` calls and reads Gluon layers."""
 
     def __init__(self, model: gluon.Block, ctx: mx.Context) -> None:
         super().__init__(model)
@@ -147,7 +152,8 @@ class _Ops(ModelOps):
 _CROSS_ENTROPY = gluon.loss.SoftmaxCrossEntropyLoss()
 
 
-def _context(device: str) -> mx.Context:
+def _device(device: str) -> mx.Context:
+    """The suite's device name ("cpu", "gpu") as MXNet's context."""
     return mx.gpu(0) if device == "gpu" else mx.cpu()
 
 

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Callable
 
 import numpy as np
 
 from ._compat import autograd, gluon, mx
 
-MODES = ("imperative", "hybridized")
+# this framework's ways to run the model -> the kind ``resnet-parity bench --modes`` selects
+MODES = {"imperative": "eager", "hybridized": "compiled"}
 
 
 def runners(model: gluon.HybridBlock, mode: str, lr: float = 0.05
@@ -36,7 +38,6 @@ def runners(model: gluon.HybridBlock, mode: str, lr: float = 0.05
 
 
 def threads() -> dict[str, int]:
-    import os
     return {"omp": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}
 
 

@@ -6,6 +6,7 @@ deferred initialisation, or give it to get parameters with known shapes straight
 ``initialize()``. The other keyword-only options (conv bias, shortcut BatchNorm, BatchNorm eps
 and momentum) default to d2l's values; ``bn_momentum`` is in PyTorch's convention (the weight of
 the *new* batch), and is handed to Gluon as ``momentum=1 - bn_momentum``.
+``resnet_torch.blocks`` and ``resnet_tf.blocks`` are the same module.
 
 The blocks use the classic ``hybrid_forward(F, x)`` API (``mx.nd`` / ``mx.sym``), so they run
 imperatively and hybridize, and never switch MXNet's global numpy mode (``npx.set_np()``).
@@ -18,10 +19,13 @@ from typing import Any, Optional
 from ._compat import gluon, nn
 
 
-def batch_norm(channels: int = 0, *, bn_eps: float = 1e-5, bn_momentum: float = 0.1
+def batch_norm(num_channels: int = 0, *, bn_eps: float = 1e-5, bn_momentum: float = 0.1
                ) -> nn.BatchNorm:
-    """A Gluon BatchNorm over NCHW channels; ``bn_momentum`` in PyTorch's convention."""
-    return nn.BatchNorm(axis=1, epsilon=bn_eps, momentum=1.0 - bn_momentum, in_channels=channels)
+    """A BatchNorm over NCHW channels; ``bn_momentum`` in PyTorch's convention (the weight of
+    the new batch), handed to Gluon as ``momentum=1 - bn_momentum``. ``num_channels`` 0 leaves
+    the count to Gluon's deferred initialisation."""
+    return nn.BatchNorm(axis=1, epsilon=bn_eps, momentum=1.0 - bn_momentum,
+                        in_channels=num_channels)
 
 
 class Residual(gluon.HybridBlock):

@@ -1,44 +1,50 @@
-"""The whole network as a Gluon ``HybridBlock``, built from a :class:`common.ResNetSpec`."""
+"""The whole network as a Gluon ``HybridBlock``, built from a :class:`common.ResNetSpec`.
+
+``Stem``, ``Head`` and ``ResNet`` take Gluon's own block arguments (``prefix``, ``params``)
+through ``kwargs``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from common.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
 from ._compat import gluon, nn
 from .blocks import Residual, batch_norm, resnet_block
 
 
 class Stem(gluon.HybridBlock):
-    """d2l's b1: ``conv`` (7x7/2), ``bn``, ``relu`` and, if the spec asks, ``pool`` (3x3/2)."""
+    """d2l's ``b1``: ``conv`` (padding ``kernel_size // 2``), ``bn``, ReLU and, with ``pool``,
+    a 3x3/2 max ``pool`` (padding 1). ``in_channels`` 0 defers the conv's shape to Gluon."""
 
-    def __init__(self, spec: ResNetSpec, **kwargs: Any) -> None:
+    def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
+                 pool: bool = True, *, in_channels: int = 0, conv_bias: bool = True,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         with self.name_scope():
-            self.conv = nn.Conv2D(spec.stem_channels, kernel_size=spec.stem_kernel,
-                                  strides=spec.stem_stride, padding=spec.stem_padding,
-                                  use_bias=spec.conv_bias, in_channels=spec.in_channels)
-            self.bn = batch_norm(spec.stem_channels, bn_eps=spec.bn_eps,
-                                 bn_momentum=spec.bn_momentum)
-            self.relu = nn.Activation("relu")
-            self.pool = (nn.MaxPool2D(pool_size=3, strides=2, padding=1)
-                         if spec.stem_pool else None)
+            self.conv = nn.Conv2D(num_channels, kernel_size=kernel_size, strides=strides,
+                                  padding=kernel_size // 2, use_bias=conv_bias,
+                                  in_channels=in_channels)
+            self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
+            self.pool: Optional[nn.MaxPool2D] = (
+                nn.MaxPool2D(pool_size=3, strides=2, padding=1) if pool else None)
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
-        x = self.relu(self.bn(self.conv(x)))
+        x = F.relu(self.bn(self.conv(x)))
         return x if self.pool is None else self.pool(x)
 
 
 class Head(gluon.HybridBlock):
-    """Global average pool, flatten, and the ``fc`` classifier."""
+    """Global average ``pool``, ``flatten`` and the ``fc`` classifier. ``in_channels`` 0 defers
+    the classifier's shape to Gluon."""
 
-    def __init__(self, in_units: int, num_classes: int, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, *, in_channels: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         with self.name_scope():
             self.pool = nn.GlobalAvgPool2D()
             self.flatten = nn.Flatten()
-            self.fc = nn.Dense(num_classes, in_units=in_units)
+            self.fc = nn.Dense(num_classes, in_units=in_channels)
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         return self.fc(self.flatten(self.pool(x)))
@@ -56,12 +62,15 @@ class ResNet(gluon.HybridBlock):
         super().__init__(**kwargs)
         self.spec = spec
         with self.name_scope():
-            self.stem = Stem(spec)
+            self.stem = Stem(spec.stem_channels, spec.stem_kernel, spec.stem_stride,
+                             spec.stem_pool, in_channels=spec.in_channels,
+                             conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
+                             bn_momentum=spec.bn_momentum)
             self.stages = nn.HybridSequential()
             with self.stages.name_scope():
                 for stage in spec.stages():
                     self.stages.add(block_from_spec(stage))
-            self.head = Head(spec.stage_channels[-1], spec.num_classes)
+            self.head = Head(spec.num_classes, in_channels=spec.stage_channels[-1])
 
     def forward_features(self, x: Any) -> Any:
         """Stem and stages: the last feature map (imperative or symbolic)."""
@@ -75,11 +84,14 @@ class ResNet(gluon.HybridBlock):
 
 
 def residual_from_spec(spec: ResidualSpec) -> Residual:
+    """One :class:`Residual` for ``spec``, its input channels given (no deferred shapes)."""
     return Residual(spec.num_channels, spec.use_1x1conv, spec.strides,
                     in_channels=spec.input_channels, **spec.options())
 
 
 def block_from_spec(spec: ResnetBlockSpec) -> nn.HybridSequential:
+    """One stage for ``spec``: a ``HybridSequential`` of Residuals, ``stage[i]`` the i-th,
+    its input channels given (no deferred shapes)."""
     return resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
                         in_channels=spec.input_channels, **spec.options())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from common.data import ImageData
+from common.core.data import ImageData
 
 from ._compat import autograd, gluon, mx
 

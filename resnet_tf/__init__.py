@@ -2,11 +2,19 @@
 
 PyTorch's function, not the d2l Keras code's: stride-2 convolutions and the stem max pool pad
 symmetrically (:class:`PaddedConv2D`, :class:`PaddedMaxPooling2D`), and BatchNorm takes the
-spec's eps and momentum. Data is NHWC inside Keras.
+spec's eps and momentum. Data is NHWC inside Keras; ``_layout`` is the one NCHW edge.
 """
 
-from .blocks import PaddedConv2D, PaddedMaxPooling2D, Residual, ResnetBlock, resnet_block
+from .blocks import (
+    PaddedConv2D,
+    PaddedMaxPooling2D,
+    Residual,
+    ResnetBlock,
+    batch_norm,
+    resnet_block,
+)
 from .model import Head, ResNet, Stem, block_from_spec, residual_from_spec, resnet18
 
 __all__ = ["Head", "PaddedConv2D", "PaddedMaxPooling2D", "ResNet", "Residual", "ResnetBlock",
-           "Stem", "block_from_spec", "residual_from_spec", "resnet18", "resnet_block"]
+           "Stem", "batch_norm", "block_from_spec", "residual_from_spec", "resnet18",
+           "resnet_block"]

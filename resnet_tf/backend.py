@@ -1,8 +1,8 @@
 """The TensorFlow/Keras backend: canonical state in and out, NCHW forward and trace.
 
-Keras computes in NHWC; the suite's interface speaks NCHW, so arrays are transposed here, at the
-edge, and nowhere else. Kernels are converted between Keras's ``(kh, kw, in, out)`` and the
-canonical ``(out, in, kh, kw)``, dense kernels between ``(in, out)`` and ``(out, in)``.
+Keras computes in NHWC with ``(kh, kw, in, out)`` conv and ``(in, out)`` dense kernels; the
+suite's interface speaks NCHW and the canonical layouts. Every crossing goes through
+``resnet_tf._layout``, the package's one edge.
 """
 
 from __future__ import annotations
@@ -14,38 +14,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.backend import SGD, BaseBackend
-from common.spec import ResnetBlockSpec, ResNetSpec, Unit
-from common.trace import ModelOps
-from common.training import Convention
+from common.core.backend import BaseBackend, Convention, SGDConfig
+from common.core.data import ImageData
+from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.trace import ModelOps
 
+from ._layout import kernel_to_canonical, kernel_to_keras, nchw, nhwc
 from .model import ResNet, block_from_spec, residual_from_spec
+from .train import Trainer
 
-# canonical BatchNorm name -> Keras attribute
-_BN = {"gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
-       "running_var": "moving_variance"}
-# canonical layout <- Keras layout, per layer kind (inverse permutations are below)
-_TO_CANON = {"conv": (3, 2, 0, 1), "dense": (1, 0)}
-_TO_KERAS = {"conv": (2, 3, 1, 0), "dense": (1, 0)}
-
-NCHW_TO_NHWC = (0, 2, 3, 1)
-NHWC_TO_NCHW = (0, 3, 1, 2)
+# canonical parameter name -> Keras attribute, per layer kind
+_PARAM_NAMES = {
+    "conv": {"weight": "kernel", "bias": "bias"},
+    "dense": {"weight": "kernel", "bias": "bias"},
+    "bn": {"gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
+           "running_var": "moving_variance"},
+}
 
 
 def parity_mode() -> None:
     """Full float32 on GPU: TF32 matmuls and convolutions off (they cost ~1e-3 relative)."""
     tf.config.experimental.enable_tensor_float_32_execution(False)
-
-
-def to_nhwc(x: np.ndarray) -> tf.Tensor:
-    """NCHW numpy -> NHWC tensor on the current device."""
-    return tf.convert_to_tensor(np.ascontiguousarray(np.transpose(x, NCHW_TO_NHWC)))
-
-
-def to_nchw(x: Any) -> np.ndarray:
-    """A 4-D NHWC tensor -> NCHW numpy; anything else (logits) as it is."""
-    a = keras.ops.convert_to_numpy(x)
-    return np.ascontiguousarray(np.transpose(a, NHWC_TO_NCHW)) if a.ndim == 4 else a
 
 
 class TfBackend(BaseBackend):
@@ -68,24 +57,21 @@ class TfBackend(BaseBackend):
 
     def _read(self, layer: keras.layers.Layer, kind: str, grad: bool = False
               ) -> dict[str, np.ndarray]:
-        value = (lambda var: self._grads[id(var)]) if grad else _numpy
-        if kind == "bn":
-            names = ("gamma", "beta") if grad else _BN
-            return {canon: value(getattr(layer, _BN[canon])) for canon in names}
-        out = {"weight": np.transpose(value(layer.kernel), _TO_CANON[kind])}
-        if getattr(layer, "bias", None) is not None:
-            out["bias"] = value(layer.bias)
+        out = {}
+        for canon, attr in _PARAM_NAMES[kind].items():
+            var = getattr(layer, attr, None)
+            if var is None or (grad and not var.trainable):  # no bias; running statistics
+                continue
+            value = self._grads[id(var)] if grad else keras.ops.convert_to_numpy(var)
+            out[canon] = kernel_to_canonical(value, kind) if canon == "weight" else value
         return out
 
     def _write(self, layer: keras.layers.Layer, kind: str,
                params: Mapping[str, np.ndarray]) -> None:
         for canon, value in params.items():
-            if kind == "bn":
-                var = getattr(layer, _BN[canon])
-            elif canon == "weight":
-                var, value = layer.kernel, np.transpose(value, _TO_KERAS[kind])
-            else:
-                var = layer.bias
+            var = getattr(layer, _PARAM_NAMES[kind][canon])
+            if canon == "weight":
+                value = kernel_to_keras(value, kind)
             var.assign(np.ascontiguousarray(value, dtype=var.dtype))
 
     def devices(self) -> list[str]:
@@ -95,18 +81,18 @@ class TfBackend(BaseBackend):
     def _session(self, model: Any, training: bool, device: str) -> Iterator[None]:
         if device == "gpu":
             parity_mode()
-        with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
+        with tf.device(_device(device)):
             yield
 
     def _forward(self, model: keras.layers.Layer, x: np.ndarray, training: bool,
                  device: str) -> np.ndarray:
-        return to_nchw(model(to_nhwc(x), training=training))
+        return nchw(model(nhwc(x), training=training))
 
     def _loss_and_grads_tf(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray
                            ) -> tuple[tf.Tensor, list, list]:
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            out = model(to_nhwc(x), training=True)
+            out = model(nhwc(x), training=True)
             logits = keras.ops.mean(out, axis=(1, 2)) if len(out.shape) == 4 else out
             loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
                 y, logits, from_logits=True))
@@ -115,10 +101,10 @@ class TfBackend(BaseBackend):
     def _loss_and_grads(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray,
                         device: str) -> float:
         loss, variables, grads = self._loss_and_grads_tf(model, x, y)
-        self._grads = {id(v): _numpy(g) for v, g in zip(variables, grads)}
+        self._grads = {id(v): keras.ops.convert_to_numpy(g) for v, g in zip(variables, grads)}
         return float(loss)
 
-    def _sgd_step(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray, hyper: SGD,
+    def _sgd_step(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray, hyper: SGDConfig,
                   device: str) -> float:
         # Keras's own weight_decay is decoupled (w -= lr * wd * w outside the momentum buffer);
         # PyTorch's and Gluon's is L2 coupled into the gradient. The same trajectory comes from
@@ -134,16 +120,20 @@ class TfBackend(BaseBackend):
     def _trace_ops(self, model: Any, training: bool, device: str) -> "_Ops":
         return _Ops(model, training)
 
+    def trainer(self, model: keras.Model, data: ImageData, batch_size: int, lr: float,
+                seed: int) -> Trainer:
+        return Trainer(model, data, batch_size, lr, seed)
+
 
 class _Ops(ModelOps):
-    """How :func:`common.trace.trace` runs one Keras layer at a time (NHWC inside)."""
+    """How :func:`common.core.trace.trace` runs one Keras layer at a time (NHWC inside)."""
 
     def __init__(self, model: Any, training: bool) -> None:
         super().__init__(model)
         self.training = training
 
     def from_numpy(self, x: np.ndarray) -> tf.Tensor:
-        return to_nhwc(x)
+        return tf.convert_to_tensor(nhwc(x))
 
     def call(self, layer: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
         return layer(x, training=self.training)
@@ -152,11 +142,12 @@ class _Ops(ModelOps):
         return keras.ops.relu(x)
 
     def to_numpy(self, x: tf.Tensor) -> np.ndarray:
-        return to_nchw(x)
+        return nchw(x)
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return keras.ops.convert_to_numpy(x)
+def _device(device: str) -> str:
+    """The suite's device name ("cpu", "gpu") as TensorFlow's device."""
+    return "/GPU:0" if device == "gpu" else "/CPU:0"
 
 
 def backend() -> TfBackend:

@@ -9,7 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-MODES = ("eager", "function", "xla")
+from ._layout import nhwc
+
+# this framework's ways to run the model -> the kind ``resnet-parity bench --modes`` selects
+MODES = {"eager": "eager", "function": "compiled", "xla": "compiled"}
 
 
 def runners(model: keras.Model, mode: str, lr: float = 0.05
@@ -33,10 +36,10 @@ def runners(model: keras.Model, mode: str, lr: float = 0.05
         fwd, step = tf.function(fwd, jit_compile=jit), tf.function(step, jit_compile=jit)
 
     def forward(x: np.ndarray) -> np.ndarray:
-        return np.asarray(fwd(tf.constant(x.transpose(0, 2, 3, 1))))
+        return np.asarray(fwd(tf.constant(nhwc(x))))
 
     def train_step(x: np.ndarray, y: np.ndarray) -> float:
-        return float(step(tf.constant(x.transpose(0, 2, 3, 1)), tf.constant(y)))
+        return float(step(tf.constant(nhwc(x)), tf.constant(y)))
 
     return forward, train_step
 

@@ -1,9 +1,11 @@
 """d2l's ``Residual`` and ``resnet_block`` in Keras 3, with the suite's explicit options.
 
 The names and positional arguments are d2l's Keras ones (``Residual(num_channels, ...)``,
-``ResnetBlock(num_channels, num_residuals, first_block=False)``); the keyword-only options
-(conv bias, shortcut BatchNorm, BatchNorm eps and momentum) default to d2l's PyTorch values, so
-the block is PyTorch's function, not the d2l Keras code's. Two layers fix what differs:
+``ResnetBlock(num_channels, num_residuals, first_block=False)``: Keras infers input channels);
+the keyword-only options (conv bias, shortcut BatchNorm, BatchNorm eps and momentum) default to
+d2l's PyTorch values, so the block is PyTorch's function, not the d2l Keras code's.
+``resnet_torch.blocks`` and ``resnet_mxnet.blocks`` are the same module. Two layers, which have
+no twin because only Keras needs them, fix what differs:
 
 * :class:`PaddedConv2D` pads ``kernel_size // 2`` zeros on *each* side like PyTorch's
   ``padding=k//2``; Keras's ``padding='same'`` puts the extra row and column of a stride-2
@@ -111,9 +113,15 @@ class PaddedMaxPooling2D(layers.MaxPooling2D):
         return config
 
 
-def batch_norm(bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any
+def batch_norm(*, bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any
                ) -> layers.BatchNormalization:
-    """Keras ``BatchNormalization`` from PyTorch-convention eps and momentum."""
+    """A BatchNorm over the channels (NHWC: the last axis); ``bn_momentum`` in PyTorch's
+    convention (the weight of the new batch), handed to Keras as ``momentum=1 - bn_momentum``.
+
+    Keras learns the channel count when the layer is built, so unlike its twins this helper
+    takes none; ``kwargs`` are the layer's own (``name``, ``dtype``). Keras's default eps is
+    1e-3, never used here.
+    """
     return layers.BatchNormalization(epsilon=bn_eps, momentum=1.0 - bn_momentum, **kwargs)
 
 

@@ -1,7 +1,10 @@
 """The whole network as a subclassed ``keras.Model``, built from a :class:`common.ResNetSpec`.
 
 Data inside Keras is NHWC (channels last), the idiomatic layout and the one CPU TensorFlow
-convolves; the backend converts the suite's NCHW arrays at the edge.
+convolves; ``resnet_tf._layout`` converts the suite's NCHW arrays at the edge. Every layer,
+and unlike their twins ``residual_from_spec`` and ``block_from_spec`` too, takes Keras's own
+keyword arguments (``name``, ``dtype``) through ``kwargs``: a Keras layer's dtype is fixed when
+it is made, while PyTorch and Gluon cast a built model.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any, Optional
 import keras
 from keras import layers, ops
 
-from common.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec, spec_from_dict
+from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec, spec_from_dict
 
 from .blocks import (
     PaddedConv2D,
@@ -27,18 +30,19 @@ _PACKAGE = "resnet_tf"
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Stem(layers.Layer):
-    """d2l's ``b1``: conv (PyTorch padding), BatchNorm, ReLU, optional 3x3/2 max pool."""
+    """d2l's ``b1``: ``conv`` (padding ``kernel_size // 2`` on each side, as PyTorch's), ``bn``,
+    ReLU and, with ``pool``, a 3x3/2 max ``pool`` (padding 1 of ``-inf``)."""
 
-    def __init__(self, filters: int, kernel_size: int = 7, strides: int = 2, pool: bool = True,
-                 *, conv_bias: bool = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 **kwargs: Any) -> None:
+    def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
+                 pool: bool = True, *, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._args = dict(filters=filters, kernel_size=kernel_size, strides=strides, pool=pool,
-                          conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self._args = dict(num_channels=num_channels, kernel_size=kernel_size, strides=strides,
+                          pool=pool, conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
         dt = self.dtype_policy  # sublayers compute in the stem's dtype
-        self.conv = PaddedConv2D(filters, kernel_size, strides=strides, use_bias=conv_bias,
+        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, use_bias=conv_bias,
                                  name="conv", dtype=dt)
-        self.bn = batch_norm(bn_eps, bn_momentum, name="bn", dtype=dt)
+        self.bn = batch_norm(bn_eps=bn_eps, bn_momentum=bn_momentum, name="bn", dtype=dt)
         self.pool: Optional[PaddedMaxPooling2D] = (
             PaddedMaxPooling2D(3, strides=2, name="pool", dtype=dt) if pool else None)
 
@@ -60,7 +64,8 @@ class Stem(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Head(layers.Layer):
-    """Global average pool (kept 4-D, like PyTorch's ``AdaptiveAvgPool2d(1)``), flatten, dense."""
+    """Global average ``pool`` (kept 4-D, like PyTorch's ``AdaptiveAvgPool2d(1)``), ``flatten``
+    and the ``fc`` classifier."""
 
     def __init__(self, num_classes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -99,12 +104,17 @@ class ResNet(keras.Model):
         kwargs.setdefault("name", spec.name)
         super().__init__(**kwargs)
         self.spec = spec
+        dt = self.dtype_policy  # every layer computes in the model's dtype
         self.stem = Stem(spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_pool,
                          conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
-                         bn_momentum=spec.bn_momentum, name="stem", dtype=self.dtype_policy)
-        self.stages = [block_from_spec(s, build=False, name=f"stages_{i}", dtype=self.dtype_policy)
+                         bn_momentum=spec.bn_momentum, name="stem", dtype=dt)
+        # Unlike its twins, ResNet does not take its stages from block_from_spec, which builds
+        # them at once: built here, in the model's build, their weight paths carry the model's
+        # name ("resnet18/stages.1/0/conv3/kernel").
+        self.stages = [resnet_block(s.num_channels, s.num_residuals, s.first_block,
+                                    **s.options(), name=f"stages.{i}", dtype=dt)
                        for i, s in enumerate(spec.stages())]
-        self.head = Head(spec.num_classes, name="head", dtype=self.dtype_policy)
+        self.head = Head(spec.num_classes, name="head", dtype=dt)
         self.build((None, None, None, spec.in_channels))
 
     def build(self, input_shape: tuple) -> None:
@@ -140,21 +150,20 @@ class ResNet(keras.Model):
         return cls(spec, **config)
 
 
-def residual_from_spec(spec: ResidualSpec, *, build: bool = True, **kwargs: Any) -> Residual:
-    """A :class:`Residual` for ``spec``, built for its input channels unless ``build=False``."""
+def residual_from_spec(spec: ResidualSpec, **kwargs: Any) -> Residual:
+    """One :class:`Residual` for ``spec``, built for its input channels (its weights exist)."""
     layer = Residual(spec.num_channels, spec.use_1x1conv, spec.strides, **spec.options(),
                      **kwargs)
-    if build:
-        layer.build((None, None, None, spec.input_channels))
+    layer.build((None, None, None, spec.input_channels))
     return layer
 
 
-def block_from_spec(spec: ResnetBlockSpec, *, build: bool = True, **kwargs: Any) -> ResnetBlock:
-    """A :class:`ResnetBlock` for ``spec``, built for its input channels unless ``build=False``."""
+def block_from_spec(spec: ResnetBlockSpec, **kwargs: Any) -> ResnetBlock:
+    """One stage for ``spec``: a :class:`ResnetBlock`, ``stage[i]`` the i-th Residual, built
+    for its input channels (its weights exist)."""
     block = resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
                          **spec.options(), **kwargs)
-    if build:
-        block.build((None, None, None, spec.input_channels))
+    block.build((None, None, None, spec.input_channels))
     return block
 
 

@@ -3,13 +3,15 @@ with SGD and sparse categorical cross-entropy, a callback for progress."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from common.data import ImageData
+from common.core.data import ImageData
+
+from ._layout import nhwc
 
 
 class _Progress(keras.callbacks.Callback):
@@ -38,22 +40,24 @@ class Trainer:
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
 
-    def dataset(self, order: list[np.ndarray]) -> tf.data.Dataset:
-        def batches():
+    def loader(self, epoch: int) -> tf.data.Dataset:
+        """The epoch's batches, in the shared order, as a ``tf.data`` pipeline of NHWC images."""
+        order = self.data.order(self.batch_size, epoch, self.seed)
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for indices in order:
                 x, y = self.data.batch(indices)
-                yield x.transpose(0, 2, 3, 1), y  # NCHW -> NHWC at the edge
-        size = self.data.resize
+                yield nhwc(x), y
+        c, h, w = self.data.shape
         return tf.data.Dataset.from_generator(batches, output_signature=(
-            tf.TensorSpec((None, size, size, 1), tf.float32),
+            tf.TensorSpec((None, h, w, c), tf.float32),
             tf.TensorSpec((None,), tf.int64))).prefetch(2)
 
     def run_epoch(self, epoch: int, on_batch: Callable[[float, int], None]) -> tuple[float, float]:
         """Train one epoch; return (mean loss, train accuracy) over its examples."""
-        order = self.data.order(self.batch_size, epoch, self.seed)
-        history = self.model.fit(self.dataset(order), epochs=1, steps_per_epoch=len(order),
-                                 shuffle=False, verbose=0,
-                                 callbacks=[_Progress([len(i) for i in order], on_batch)])
+        sizes = [len(i) for i in self.data.order(self.batch_size, epoch, self.seed)]
+        history = self.model.fit(self.loader(epoch), epochs=1, steps_per_epoch=len(sizes),
+                                 shuffle=False, verbose=0, callbacks=[_Progress(sizes, on_batch)])
         return float(history.history["loss"][-1]), float(history.history["accuracy"][-1])
 
 

@@ -1,4 +1,9 @@
-"""The PyTorch backend: canonical state in and out, NCHW forward and trace."""
+"""The PyTorch backend: canonical state in and out, NCHW forward and trace.
+
+PyTorch already speaks the canonical layouts (NCHW activations, conv kernels
+``(out, in, kh, kw)``, dense ``(out, in)``); only BatchNorm's gamma and beta are called
+``weight`` and ``bias`` here.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.backend import SGD, BaseBackend
-from common.spec import ResnetBlockSpec, ResNetSpec, Unit
-from common.trace import ModelOps
-from common.training import Convention
+from common.core.backend import BaseBackend, Convention, SGDConfig
+from common.core.data import ImageData
+from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.trace import ModelOps
 
 from .model import ResNet, block_from_spec, residual_from_spec
+from .train import Trainer
 
-# canonical BatchNorm name -> torch attribute
-_BN = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
-       "running_var": "running_var"}
+# canonical parameter name -> PyTorch attribute, per layer kind
+_PARAM_NAMES = {
+    "conv": {"weight": "weight", "bias": "bias"},
+    "dense": {"weight": "weight", "bias": "bias"},
+    "bn": {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
+           "running_var": "running_var"},
+}
 
 
 def parity_mode() -> None:
@@ -36,15 +46,14 @@ class TorchBackend(BaseBackend):
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
         elif isinstance(unit, ResnetBlockSpec):
-            model = nn.Sequential(*block_from_spec(unit))
+            model = block_from_spec(unit)
         else:
             model = residual_from_spec(unit)
         return model.to(getattr(torch, dtype))
 
     def _read(self, layer: nn.Module, kind: str, grad: bool = False) -> dict[str, np.ndarray]:
-        names = _BN if kind == "bn" else {"weight": "weight", "bias": "bias"}
         out = {}
-        for canon, attr in names.items():
+        for canon, attr in _PARAM_NAMES[kind].items():
             t = getattr(layer, attr, None)
             if t is not None and grad:
                 t = t.grad
@@ -53,10 +62,9 @@ class TorchBackend(BaseBackend):
         return out
 
     def _write(self, layer: nn.Module, kind: str, params: Mapping[str, np.ndarray]) -> None:
-        names = _BN if kind == "bn" else {"weight": "weight", "bias": "bias"}
         with torch.no_grad():
             for canon, value in params.items():
-                t = getattr(layer, names[canon])
+                t = getattr(layer, _PARAM_NAMES[kind][canon])
                 t.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(t.device, t.dtype))
 
     def devices(self) -> list[str]:
@@ -67,7 +75,7 @@ class TorchBackend(BaseBackend):
         was_training = model.training
         if device == "gpu":
             parity_mode()
-        model.to(_torch_device(device))
+        model.to(_device(device))
         model.train(training)
         try:
             with torch.set_grad_enabled(training):
@@ -76,10 +84,10 @@ class TorchBackend(BaseBackend):
             model.train(was_training)
 
     def _forward(self, model: nn.Module, x: np.ndarray, training: bool, device: str) -> np.ndarray:
-        return model(torch.from_numpy(x).to(_torch_device(device))).detach().cpu().numpy()
+        return model(torch.from_numpy(x).to(_device(device))).detach().cpu().numpy()
 
     def _loss(self, model: nn.Module, x: np.ndarray, y: np.ndarray, device: str) -> torch.Tensor:
-        dev = _torch_device(device)
+        dev = _device(device)
         out = model(torch.from_numpy(x).to(dev))
         logits = out.mean(dim=(2, 3)) if out.dim() == 4 else out  # a lone block: pool H, W
         return F.cross_entropy(logits, torch.from_numpy(y).to(dev))
@@ -91,7 +99,7 @@ class TorchBackend(BaseBackend):
         loss.backward()
         return loss.item()
 
-    def _sgd_step(self, model: nn.Module, x: np.ndarray, y: np.ndarray, hyper: SGD,
+    def _sgd_step(self, model: nn.Module, x: np.ndarray, y: np.ndarray, hyper: SGDConfig,
                   device: str) -> float:
         opt = self._optimizer(model, hyper, lambda: torch.optim.SGD(
             model.parameters(), lr=hyper.lr, momentum=hyper.momentum,
@@ -103,11 +111,15 @@ class TorchBackend(BaseBackend):
         return loss.item()
 
     def _trace_ops(self, model: nn.Module, training: bool, device: str) -> "_Ops":
-        return _Ops(model, _torch_device(device))
+        return _Ops(model, _device(device))
+
+    def trainer(self, model: nn.Module, data: ImageData, batch_size: int, lr: float,
+                seed: int) -> Trainer:
+        return Trainer(model, data, batch_size, lr, seed)
 
 
 class _Ops(ModelOps):
-    """How :func:`common.trace.trace` calls and reads PyTorch layers."""
+    """How :func:`common.core.trace.trace` calls and reads PyTorch layers."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         super().__init__(model)
@@ -123,7 +135,8 @@ class _Ops(ModelOps):
         return x.detach().cpu().numpy()
 
 
-def _torch_device(device: str) -> torch.device:
+def _device(device: str) -> torch.device:
+    """The suite's device name ("cpu", "gpu") as PyTorch's device."""
     return torch.device("cuda" if device == "gpu" else "cpu")
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODES = ("eager", "compiled")
+# this framework's ways to run the model -> the kind ``resnet-parity bench --modes`` selects
+MODES = {"eager": "eager", "compiled": "compiled"}
 
 
 def runners(model: nn.Module, mode: str, lr: float = 0.05

@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from common.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
-from .blocks import Residual, resnet_block
+from .blocks import Residual, batch_norm, resnet_block
+
+
+class Stem(nn.Module):
+    """d2l's ``b1``: ``conv`` (padding ``kernel_size // 2``), ``bn``, ReLU and, with ``pool``,
+    a 3x3/2 max ``pool`` (padding 1)."""
+
+    def __init__(self, input_channels: int, num_channels: int, kernel_size: int = 7,
+                 strides: int = 2, pool: bool = True, *, conv_bias: bool = True,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(input_channels, num_channels, kernel_size=kernel_size,
+                              stride=strides, padding=kernel_size // 2, bias=conv_bias)
+        self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.pool: Optional[nn.MaxPool2d] = (
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        return x if self.pool is None else self.pool(x)
+
+
+class Head(nn.Module):
+    """Global average ``pool`` (kept 4-D), ``flatten`` and the ``fc`` classifier."""
+
+    def __init__(self, input_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(input_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(x)))
 
 
 class ResNet(nn.Module):
@@ -23,23 +55,14 @@ class ResNet(nn.Module):
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
         self.spec = spec
-        bn = dict(eps=spec.bn_eps, momentum=spec.bn_momentum)
-        stem: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=nn.Conv2d(spec.in_channels, spec.stem_channels, kernel_size=spec.stem_kernel,
-                           stride=spec.stem_stride, padding=spec.stem_padding,
-                           bias=spec.conv_bias),
-            bn=nn.BatchNorm2d(spec.stem_channels, **bn),
-            relu=nn.ReLU())
-        if spec.stem_pool:
-            stem["pool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.stem = nn.Sequential(stem)
-        self.stages = nn.Sequential(*(nn.Sequential(*block_from_spec(s)) for s in spec.stages()))
-        self.head = nn.Sequential(OrderedDict(
-            pool=nn.AdaptiveAvgPool2d((1, 1)),
-            flatten=nn.Flatten(),
-            fc=nn.Linear(spec.stage_channels[-1], spec.num_classes)))
+        self.stem = Stem(spec.in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride,
+                         spec.stem_pool, conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
+                         bn_momentum=spec.bn_momentum)
+        self.stages = nn.Sequential(*(block_from_spec(s) for s in spec.stages()))
+        self.head = Head(spec.stage_channels[-1], spec.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and stages: the last feature map."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,13 +73,15 @@ class ResNet(nn.Module):
 
 
 def residual_from_spec(spec: ResidualSpec) -> Residual:
+    """One :class:`Residual` for ``spec``."""
     return Residual(spec.input_channels, spec.num_channels, spec.use_1x1conv, spec.strides,
                     **spec.options())
 
 
-def block_from_spec(spec: ResnetBlockSpec) -> list[Residual]:
-    return resnet_block(spec.input_channels, spec.num_channels, spec.num_residuals,
-                        spec.first_block, **spec.options())
+def block_from_spec(spec: ResnetBlockSpec) -> nn.Sequential:
+    """One stage for ``spec``: an ``nn.Sequential`` of Residuals, ``stage[i]`` the i-th."""
+    return nn.Sequential(*resnet_block(spec.input_channels, spec.num_channels,
+                                       spec.num_residuals, spec.first_block, **spec.options()))
 
 
 def resnet18(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNet:

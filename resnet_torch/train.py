@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.data import ImageData
+from common.core.data import ImageData
 
 
 class Trainer:

@@ -122,6 +122,21 @@ def publish(tmp: Union[str, os.PathLike], target: Union[str, os.PathLike]) -> No
     os.replace(tmp, target)
 
 
+def write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit) -> Path:
     """Write ``state`` as safetensors with ``spec`` in its metadata, atomically.
 

@@ -1,29 +1,34 @@
 """Training-step parity: one batch, one framework's trajectory, compared with another's.
 
-Two facts shape every comparison here (README "What differs between the frameworks"):
+Two facts shape every comparison here (``docs/architecture.md``, "Tolerances"):
 
 * PyTorch moves ``running_var`` with the *unbiased* batch variance, Keras 3 and Gluon with the
-  *biased* one. The suite exposes each backend's convention (``Backend.running_var``) and
-  converts exactly before comparing: with ``n`` values per channel, after ``k`` steps from
-  ``r0`` with momentum ``m``, ``biased = d*r0 + (unbiased - d*r0) * (n-1)/n`` where
-  ``d = (1-m)**k``.
-* float32 BatchNorm training is ill-conditioned (the backward pass subtracts nearly equal sums
-  over N*H*W values), so float32 gradients differ by up to a few 1e-2 on some tensors, in each
-  framework against its own float64 run too. Semantics are therefore proven in float64, where
-  the three agree to ~1e-12; float32 bounds are measured (see :data:`TOLERANCES`).
+  *biased* one. Each backend states its convention (``Backend.convention``) and comparisons
+  convert exactly: with ``n`` values per channel, after ``k`` steps from ``r0`` with momentum
+  ``m``, ``biased = d*r0 + (unbiased - d*r0) * (n-1)/n`` where ``d = (1-m)**k``.
+* float32 BatchNorm training is ill-conditioned when a BatchNorm averages few values per channel
+  (ResNet-18 on 32x32 images: 8 in the last stage). Its backward pass subtracts nearly equal
+  sums, so float32 rounding grows from step to step, in each framework against its own float64
+  run as much as between frameworks. Where every BatchNorm averages at least
+  :data:`WELL_CONDITIONED` values, float32 runs stay together. Semantics are therefore proven in
+  float64, where the three agree to ~1e-12, and float32 bounds are measured (:data:`TOLERANCES`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from .compare import Row, compare, global_floor
-from .spec import Unit
+from .spec import Unit, num_outputs
 
 RUNNING = ("running_mean", "running_var")
+
+# The fewest values per channel a BatchNorm may average for float32 training to stay
+# well-conditioned: measured, float32 after 5 SGD steps at lr 0.05 agrees to <= 8e-7 with 100
+# or more values (the single blocks of the tests), and drifts to 2e-1 with 8 (ResNet-18, 32x32).
+WELL_CONDITIONED = 100
 
 # (check, dtype) -> bound on max|a-b| / max(max|b|, floor). Measured on ResNet-18 (32x32,
 # batch 8, random weights and BN statistics, lr 0.05) and the single blocks, CPU:
@@ -31,22 +36,37 @@ RUNNING = ("running_mean", "running_var")
 #   loss: float32 4e-7, float64 1e-15
 #   gradients: float32 up to 4.9e-2 (BatchNorm backward cancellation; PyTorch float32 is itself
 #              9e-3 from its float64 result), float64 2e-12
-#   parameters/statistics after 1 step: float32 up to 4e-3, float64 1.6e-8 (Keras and Gluon hold
-#              lr 0.05 and momentum 0.9 in float32)
-#   after 5 steps: float64 3.1e-7; float32 2e-1 to 8e-1 -- lr 0.05 amplifies rounding (PyTorch's
-#              own float32 run is 3e-2 to 2e-1 from its float64 run), so float32 gets no
-#              per-tensor bound beyond "the same order": 1.0.
+#   parameters and statistics after SGD steps ("steps": one step, or several where every
+#              BatchNorm averages >= WELL_CONDITIONED values): float32 up to 7e-6, and up to
+#              6.2e-4 for a zero-initialised conv bias in front of a BatchNorm, whose exact
+#              gradient is zero, so that its update is float32 rounding alone (d2l's Xavier
+#              init, measured against the floor); float64 1.6e-8 after one step, 3.1e-7 after
+#              five (Keras and Gluon hold lr 0.05 and momentum 0.9 in float32)
+#   several steps where a BatchNorm averages fewer values ("steps-ill"; ResNet-18 at 32x32 has
+#              8): float32 up to 2e-1, each framework as far from its own float64 run.
 TOLERANCES: dict[tuple[str, str], float] = {
     ("activations", "float32"): 1e-4, ("activations", "float64"): 1e-10,
     ("loss", "float32"): 1e-5, ("loss", "float64"): 1e-12,
     ("gradients", "float32"): 1e-1, ("gradients", "float64"): 1e-9,
-    ("step1", "float32"): 2e-2, ("step1", "float64"): 1e-6,
-    ("step5", "float32"): 1.0, ("step5", "float64"): 1e-5,
+    ("step1", "float32"): 2e-3, ("step1", "float64"): 1e-6,
+    ("steps", "float32"): 2e-3, ("steps", "float64"): 1e-5,
+    ("steps-ill", "float32"): 0.5, ("steps-ill", "float64"): 1e-5,
 }
 
 
-def tolerance(check: str, dtype: str = "float32", steps: int = 1) -> float:
-    key = f"step{1 if steps <= 1 else 5}" if check == "steps" else check
+def tolerance(check: str, dtype: str = "float32", steps: int = 1,
+              bn_values: Optional[int] = None) -> float:
+    """The bound for ``check`` (activations, loss, gradients, steps) in ``dtype``.
+
+    For ``steps`` the bound depends on how many: one step, or several from a well-conditioned
+    start, where ``bn_values`` (the fewest values any BatchNorm averages per channel, see
+    :func:`bn_counts`) is at least :data:`WELL_CONDITIONED`; unknown counts are taken as
+    ill-conditioned.
+    """
+    key = check
+    if check == "steps":
+        ill = bn_values is None or bn_values < WELL_CONDITIONED
+        key = "step1" if steps <= 1 else ("steps-ill" if ill else "steps")
     return TOLERANCES[(key, dtype)]
 
 
@@ -80,14 +100,6 @@ def convert_running_var(var: np.ndarray, initial: np.ndarray, bn_momentum: float
     return decay * initial + (var - decay * initial) * factor
 
 
-@dataclass(frozen=True)
-class Convention:
-    """How a backend moves BatchNorm running statistics."""
-
-    running_var: str      # "unbiased" (PyTorch) or "biased" (Keras 3, Gluon)
-    updated_in: str       # "forward" (PyTorch, Keras) or "backward" (Gluon)
-
-
 def compare_states(other: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
                    initial: Mapping[str, np.ndarray], *, rtol: float, unit: Unit, steps: int,
                    counts: Mapping[str, int], other_var: str, ref_var: str) -> list[Row]:
@@ -107,8 +119,7 @@ def compare_states(other: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray
 
 
 def labels(unit: Unit, batch: int, seed: int = 0) -> np.ndarray:
-    """Random class labels for ``unit``'s loss (see ``common.backend.num_outputs``)."""
-    from .backend import num_outputs
+    """Random class labels for ``unit``'s loss (see :func:`common.core.spec.num_outputs`)."""
     return np.random.default_rng(seed + 1).integers(0, num_outputs(unit), batch)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from common import BACKEND_NAMES, compare, get_backend, load_state_file, resnet18_spec, worst, xavier_state
-from common.compare import global_floor
-from common.data import ImageData, Split, load_builtin
-from common.train import TrainConfig, train
-from common.training import tolerance
+from common.core.compare import global_floor
+from common.core.data import ImageData, Split, load_builtin
+from common.core.step_parity import tolerance
+from common.tools.training_runs import TrainConfig, train
 
 from .conftest import backend_or_skip
 
@@ -182,7 +182,7 @@ def test_ctrl_c_keeps_the_last_complete_epoch(digits, tmp_path, monkeypatch):
 
 def test_train_cli(tmp_path, capsys):
     backend_or_skip("torch")
-    from common.cli import main
+    from common.tools.cli import main
     code = main(["train", "--framework", "torch", "--epochs", "1", "--batch-size", "128",
                  "--resize", "16", "--out", str(tmp_path), "-q"])
     out = capsys.readouterr().out

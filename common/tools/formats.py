@@ -1,6 +1,6 @@
 """Checkpoint file formats: detection, safe readers, writers, and torchvision's key names.
 
-Every format reads to, and writes from, the canonical state (:mod:`common.state`). Layouts are
+Every format reads to, and writes from, the canonical state (:mod:`common.core.state`). Layouts are
 never converted here: a framework format is written by building the model with that framework's
 backend, loading the canonical state and calling the framework's own save function, and read
 the other way round (build, the framework's own load, ``export_state``). PyTorch's layouts are
@@ -11,12 +11,12 @@ module adds is the part frameworks do not do safely or completely:
   safetensors, HDF5, a bounds-checked parser of MXNet's NDArray file format), so that
 * every key and shape is checked against the spec *before* a framework loads the file, naming
   every missing, unexpected or mis-shaped key (file key, expected and actual shape) and every
-  tensor with NaN or infinity (:func:`common.state.check_tensors`), and
+  tensor with NaN or infinity (:func:`common.core.state.check_tensors`), and
 * any failure is a ``ValueError`` that names the file.
 
 Formats (``--from`` / ``--to`` name the family; :func:`detect` picks the format by file name):
 
-* ``canonical``: ``.safetensors`` written by :func:`common.state.save_state`, spec in metadata;
+* ``canonical``: ``.safetensors`` written by :func:`common.save_state`, spec in metadata;
 * ``torch``: ``.pt`` / ``.pth``, the ``state_dict`` of resnet_torch's ``ResNet``;
 * ``torchvision``: ``.pt`` / ``.pth`` with torchvision's key names (family ``torch`` detects it);
 * ``keras-weights`` / ``keras`` (family ``tf``): ``.weights.h5`` from ``save_weights``, and
@@ -42,14 +42,14 @@ import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .backend import BackendUnavailable, get_backend, install_hint
-from .spec import Layer, Unit, param_shapes, spec_from_dict
-from .state import State, check_tensors, read_state_file, save_state, validate_state
-from .trace import resolve
+from ..core.spec import Layer, Unit, param_shapes, spec_from_dict
+from ..core.state import State, check_tensors, publish, read_state_file, save_state, validate_state
+from ..core.trace import resolve
+from .registry import BackendUnavailable, get_backend, install_hint
 
 PathLike = Union[str, os.PathLike]
 RUNNING_STATS = ("running_mean", "running_var")
@@ -198,7 +198,7 @@ class Format(ABC):
 
 class Canonical(Format):
     name, family, suffixes, carries_spec = "canonical", "canonical", (".safetensors",), True
-    description = "canonical safetensors (common.state.save_state; the spec in its metadata)"
+    description = "canonical safetensors (common.save_state; the spec in its metadata)"
 
     def spec(self, path: Path) -> Unit:
         return read_state_file(path)[1]
@@ -573,6 +573,54 @@ def _gluon_names(spec: Unit) -> dict[str, str]:
         for p in layer.shapes:
             out[f"{layer.name}.{p}"] = getattr(block, p).name[len(model.prefix):]
     return out
+
+
+# -- writing, atomically -------------------------------------------------------------------------
+class Staging:
+    """Hidden temporary files beside DST, renamed into place by :meth:`commit`, removed otherwise.
+
+    Refuses to stage over existing files unless ``force``; handles multi-file formats (the
+    Gluon symbol+params pair) by staging and renaming every file.
+    """
+
+    def __init__(self, fmt: Format, dst: Path, force: bool) -> None:
+        self.targets = fmt.files(dst, writing=True)
+        check_targets(self.targets, force)
+        fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=f"-{dst.name}", dir=dst.parent)
+        os.close(fd)
+        self.path = Path(tmp)
+        self.temps = fmt.files(self.path, writing=True)
+        self.committed = False
+
+    def commit(self) -> list[Path]:
+        # the data file first, the entry file (symbol) last: whoever sees it sees both
+        for tmp, target in reversed(list(zip(self.temps, self.targets))):
+            publish(tmp, target)
+        self.committed = True
+        return self.targets
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for tmp in self.temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def check_targets(targets: Sequence[Path], force: bool) -> None:
+    """Refuse a DST whose directory is missing, that is a directory, or that exists (unless
+    ``force``), naming every such file."""
+    for parent in dict.fromkeys(t.parent for t in targets):
+        if not parent.is_dir():
+            raise ValueError(f"{targets[0]}: no such directory {parent}")
+    dirs = [str(t) for t in targets if t.is_dir()]
+    if dirs:
+        raise ValueError(f"{', '.join(dirs)}: is a directory, not a file name")
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise ValueError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
+                         "; pass --force to overwrite")
 
 
 CANONICAL = Canonical()

@@ -13,7 +13,6 @@ per image come from the spec.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -25,20 +24,20 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-MODES = {"torch": ("eager", "compiled"), "tf": ("eager", "function", "xla"),
-         "mxnet": ("imperative", "hybridized")}
-# which modes of each framework are "eager" and which "compiled", for --modes
-KIND = {"eager": "eager", "imperative": "eager", "compiled": "compiled", "function": "compiled",
-        "xla": "compiled", "hybridized": "compiled"}
-PARITY_RTOL = 1e-5
+from ..core.compare import EVAL_RTOL_CPU, compare, worst
+from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.state import load_state_file, random_state, save_state, write_text
+from .command import EXIT_MISMATCH, EXIT_OK, CliError, framework_list, load_backends, positive, progress_log
+from .registry import BACKEND_NAMES, framework_module, get_backend, install_hint
+
+KINDS = ("eager", "compiled")  # what --modes selects; each framework's bench.MODES maps its modes
+PARITY_RTOL = EVAL_RTOL_CPU
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS")
 
 
-def conv_macs(spec: Any, size: int) -> int:
+def conv_macs(spec: ResNetSpec, size: int) -> int:
     """Multiply-accumulates of one image through the network (convs and the dense layer)."""
-    from .spec import ResNetSpec
-    assert isinstance(spec, ResNetSpec)
 
     def out(n: int, k: int, s: int) -> int:
         return (n + 2 * (k // 2) - k) // s + 1
@@ -111,12 +110,9 @@ def peak_rss_mb() -> float:
 
 def worker(cfg: dict) -> dict:
     """Run in a fresh process: one framework, one mode."""
-    from .backend import get_backend
-    from .compare import compare, worst
-    from .state import load_state_file
     name, mode = cfg["framework"], cfg["mode"]
     be = get_backend(name)
-    bench = importlib.import_module(f"resnet_{name}.bench")
+    bench = framework_module(name, "bench")
     bench.set_threads(cfg["threads"])
     state, spec = load_state_file(cfg["state"])
     model = be.build(spec)
@@ -128,7 +124,7 @@ def worker(cfg: dict) -> dict:
     result: dict[str, Any] = {"framework": name, "mode": mode, "threads": bench.threads(),
                               "pools": _pools()}
     # the parity gate: the same function as eager PyTorch, or no timing
-    if KIND[mode] == "eager":
+    if bench.MODES[mode] == "eager":
         rows = compare(be.activations(model, gate), ref, PARITY_RTOL)
         what = f"{len(rows)} layers"
     else:
@@ -154,7 +150,7 @@ def worker(cfg: dict) -> dict:
 
 
 def _run_worker(cfg: dict, env: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "common.bench", "--worker", json.dumps(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "common.tools.bench", "--worker", json.dumps(cfg)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -166,10 +162,10 @@ def _run_worker(cfg: dict, env: dict, timeout: float) -> dict:
 def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, threads: int,
         warmup: int = 3, reps: int = 10, spec: Any = None, state: Optional[dict] = None,
         timeout: float = 900.0, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Benchmark every available (framework, mode); return the report (see ``format_report``)."""
-    from .backend import get_backend
-    from .spec import resnet18_spec
-    from .state import random_state, save_state
+    """Benchmark every available (framework, mode); return the report (see ``format_report``).
+
+    ``modes`` selects kinds (eager, compiled); each framework's ``bench.MODES`` says which of
+    its own modes is which."""
     spec = spec or resnet18_spec()
     state = state if state is not None else random_state(spec, 0)
     env = dict(os.environ, **{k: str(threads) for k in _THREAD_ENV},
@@ -187,8 +183,8 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
         np.savez(paths["reference"], **torch_be.activations(model, x[:2].astype(np.float32)))
         results = []
         for name in frameworks:
-            for mode in MODES[name]:
-                if KIND[mode] not in modes:
+            for mode, kind in framework_module(name, "bench").MODES.items():
+                if kind not in modes:
                     continue
                 log(f"bench {name} {mode} ...")
                 cfg = {"framework": name, "mode": mode, "threads": threads, "warmup": warmup,
@@ -262,8 +258,61 @@ def plot(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+# -- the bench command ---------------------------------------------------------------------
+def run_bench(args: argparse.Namespace) -> int:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(KINDS):
+        raise CliError(f"--modes takes eager and/or compiled, got {args.modes!r}")
+    backends, skipped = load_backends(args.frameworks, "cpu")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if "torch" not in backends:
+        raise CliError("bench times every mode against eager PyTorch: " + install_hint("torch"))
+    log = progress_log(args.quiet)
+    report = run(list(backends), modes, args.batch, args.size, args.threads,
+                       warmup=args.warmup, reps=args.reps, log=log)
+    print(format_report(report))
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=1))
+    if args.plot:
+        plot(report, args.plot)
+    wrong = [f"{r['framework']} {r['mode']}" for r in report["results"]
+             if "error" in r or not r["parity"]["ok"]]
+    if wrong:
+        print(f"not timed (wrong or failed): {', '.join(wrong)}")
+    return EXIT_MISMATCH if wrong else EXIT_OK
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``bench``."""
+    b = sub.add_parser(
+        "bench", help="time the same ResNet-18 in each framework and mode, side by side",
+        description="Forward throughput, training-step throughput, batch-1 latency and peak "
+                    "memory of ResNet-18 (same weights, same input) in every framework and "
+                    "mode: PyTorch eager and torch.compile; Keras eager, tf.function and XLA; "
+                    "Gluon imperative and hybridized (static_alloc, static_shape). Each runs in "
+                    "its own process with the thread count set explicitly, and is timed only "
+                    "after it computes the same function as eager PyTorch. Reports GFLOP/s "
+                    "against the float32 matmul peak measured in the same run.")
+    b.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
+                   help="comma-separated: torch,tf,mxnet (default: all three)")
+    b.add_argument("--batch", type=positive, default=32, help="batch size (32)")
+    b.add_argument("--size", type=positive, default=96, help="image size (96)")
+    b.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
+                   help="threads for every framework (default: all cores)")
+    b.add_argument("--modes", default="eager,compiled", help="eager,compiled (both)")
+    b.add_argument("--warmup", type=positive, default=3, help="warm-up runs (3)")
+    b.add_argument("--reps", type=positive, default=10, help="timed runs; median reported (10)")
+    b.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=run_bench)
+
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.bench")
+    p = argparse.ArgumentParser(prog="python -m common.tools.bench")
     p.add_argument("--worker", required=True)
     args = p.parse_args(argv)
     cfg = json.loads(args.worker)

@@ -7,16 +7,19 @@ figure is ``max|a-b| / max|b|`` unless the line says otherwise, on CPU.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
-from .backend import get_backend
-from .compare import Row, compare, diff, global_floor, worst
-from .spec import ResidualSpec, resnet18_spec
-from .state import random_state
-from .training import bn_counts, labels
+from ..core.compare import Row, compare, diff, global_floor, worst
+from ..core.spec import ResidualSpec, resnet18_spec
+from ..core.state import random_state
+from ..core.step_parity import bn_counts, labels
+from .command import EXIT_OK, CliError, load_backends, progress_log
+from .d2l_reference import keras_adapter, keras_d2l, torch_adapter, torch_net
+from .registry import BACKEND_NAMES, get_backend, install_hint
 
 RESIDUAL = ResidualSpec(3, 6, use_1x1conv=True, strides=2)
 
@@ -39,7 +42,6 @@ def _input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def d2l_keras_residual_rows(size: int, eps: Optional[float]) -> dict[str, Row]:
     """d2l's Keras ``Residual(6, use_1x1conv=True, strides=2)`` as printed, against the suite's
     PyTorch one with the same weights; ``eps`` overrides Keras's default BatchNorm eps."""
-    from .d2l_reference import keras_d2l
     torch_be, tf_be = get_backend("torch"), get_backend("tf")
     state = random_state(RESIDUAL, seed=size)
     x = _input((2, 3, size, size), seed=size)
@@ -58,7 +60,6 @@ def d2l_resnet18_logits_gap() -> tuple[float, float, float]:
     suite PyTorch vs d2l PyTorch), all loaded with one random state."""
     import torch
 
-    from .d2l_reference import keras_adapter, keras_d2l, torch_adapter, torch_net
     torch_be, tf_be = get_backend("torch"), get_backend("tf")
     spec, x = resnet18_spec(), _input((2, 1, 96, 96), seed=96)
     state = random_state(spec, 0)
@@ -296,3 +297,34 @@ def markdown(items: list[Finding]) -> str:
         lines.append(f"| {f.trap} | {f.pytorch} | {f.keras} | {f.gluon} | {f.measured} | {f.fix} "
                      f"| `{f.test}` |")
     return "\n".join(lines)
+
+
+def run_traps(args: argparse.Namespace) -> int:
+    missing = [n for n in BACKEND_NAMES if not load_backends([n], "cpu")[0]]
+    if missing:
+        raise CliError("traps compares all three frameworks; not installed: " + ", ".join(
+            install_hint(n) for n in missing))
+    log = progress_log(args.quiet)
+    items = findings(log)
+    if args.markdown:
+        print(markdown(items))
+    else:
+        for f in items:
+            print(f"{f.trap}: {f.measured}\n    PyTorch: {f.pytorch} | Keras: {f.keras} | "
+                  f"Gluon: {f.gluon}\n    suite: {f.fix} (test: {f.test})")
+    return EXIT_OK
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``traps``."""
+    t = sub.add_parser(
+        "traps", help="measure every difference between the frameworks (README table)",
+        description="Measure, on this machine, each difference between PyTorch, Keras and Gluon "
+                    "that the suite fixes or exposes: d2l's Keras padding and eps, BatchNorm "
+                    "momentum and running variance, weight decay, initialisers, float32 "
+                    "training. Needs all three frameworks.")
+    t.add_argument("--markdown", action="store_true", help="print the README's table")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    t.set_defaults(func=run_traps)
+

@@ -165,7 +165,13 @@ class ImageData:
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image as :meth:`batch` yields it (grey images: one channel)."""
+        return (1, self.resize, self.resize)
+
     def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Images ``(n, C, H, W)`` float32 in [0, 1] and their int64 labels."""
         idx = np.asarray(indices, dtype=np.int64)
         x = resize_bilinear(self.split.images[idx], self.resize) / np.float32(255.0)
         return x[:, None], self.split.labels[idx]

@@ -1,9 +1,10 @@
-"""One walk through a unit, layer by layer, shared by every backend.
+"""The walk: one pass through a unit, layer by layer, shared by every backend.
 
 A backend supplies :class:`TraceOps` (how to reach a layer, call it, add, ReLU, and read a tensor
 back as NCHW numpy); the walk and the activation names live here, once. Each framework's own
 ``forward`` is written idiomatically in its package; the contract tests check that the walk's
-last activation equals that ``forward``.
+last activation equals that ``forward``, and that every recorded activation is its layer's
+definition applied to the activation before it.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class _NameOnly:
         return None
 
 
-def trace_names(unit: Unit) -> list[str]:
+def activation_names(unit: Unit) -> list[str]:
+    """The names :func:`trace` records, in order (the same in every backend)."""
     names: list[str] = []
     walk(unit, _NameOnly(), None, lambda name, v: names.append(name))
     return names

@@ -1,37 +1,26 @@
-"""The Backend contract and ``get_backend(name)``, which imports a framework only when asked.
+"""The Backend contract: what every framework package implements, and what it inherits.
 
 Everything that is the same in every framework lives in :class:`BaseBackend`: walking the layer
 table for export and strict load, input checks, and the layer-by-layer trace. A framework package
-supplies only what differs: how to build, read and write one layer, and run tensors.
+(``resnet_torch``, ``resnet_tf``, ``resnet_mxnet``) supplies only what differs: how to build,
+read and write one layer, and run tensors. Which package serves which name is the registry's
+business (:mod:`common.tools.registry`), one layer up: this module imports no framework.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Optional
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 
 import numpy as np
 
-from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit, resnet18_spec
+from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit, num_inputs, num_outputs, resnet18_spec
 from .state import State, validate_state
 from .trace import TraceOps, resolve, trace
 
-if TYPE_CHECKING:
-    from .training import Convention
-
-# name -> (module, the framework's import name, pip extra, human name)
-_BACKENDS = {
-    "torch": ("resnet_torch.backend", ("torch",), "torch", "PyTorch"),
-    "tf": ("resnet_tf.backend", ("tensorflow", "keras"), "tf", "TensorFlow/Keras"),
-    "mxnet": ("resnet_mxnet.backend", ("mxnet",), "mxnet", "MXNet"),
-}
-_ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet", "mx": "mxnet"}
-BACKEND_NAMES = tuple(_BACKENDS)
-NATIVE_SUFFIX = {"torch": ".pt", "tf": ".weights.h5", "mxnet": ".params"}
 DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 # Trainable parameters per layer kind (BatchNorm running statistics are state, not parameters).
@@ -39,7 +28,7 @@ TRAINABLE = {"conv": ("weight", "bias"), "dense": ("weight", "bias"), "bn": ("ga
 
 
 @dataclass(frozen=True)
-class SGD:
+class SGDConfig:
     """Plain SGD hyperparameters, PyTorch's meaning (weight decay is coupled L2)."""
 
     lr: float
@@ -55,58 +44,24 @@ class SGD:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
-def num_outputs(unit: Unit) -> int:
-    """Classes of the loss: the network's classes, or a lone block's output channels."""
-    return unit.num_classes if isinstance(unit, ResNetSpec) else unit.num_channels
+@dataclass(frozen=True)
+class Convention:
+    """How a backend moves BatchNorm running statistics."""
 
-
-class BackendUnavailable(ImportError):
-    """The framework behind a backend is not installed; the message names the pip extra."""
-
-
-def canonical_name(name: str) -> str:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _BACKENDS:
-        raise ValueError(f"unknown framework {name!r}; choose from {', '.join(BACKEND_NAMES)}")
-    return key
-
-
-def install_hint(name: str) -> str:
-    _, _, extra, human = _BACKENDS[canonical_name(name)]
-    return f"{human} is not installed: pip install 'resnet-parity[{extra}]'"
-
-
-_instances: dict[str, "BaseBackend"] = {}
-
-
-def get_backend(name: str) -> "BaseBackend":
-    """The backend for "torch", "tf" or "mxnet"; imports that framework now and no other.
-
-    One instance per framework: models built through it are known to every later call.
-    """
-    key = canonical_name(name)
-    if key in _instances:
-        return _instances[key]
-    module, roots, _, _ = _BACKENDS[key]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] in roots:
-            raise BackendUnavailable(install_hint(key)) from e
-        raise
-    return _instances.setdefault(key, mod.backend())
+    running_var: str      # "unbiased" (PyTorch) or "biased" (Keras 3, Gluon)
+    updated_in: str       # "forward" (PyTorch, Keras) or "backward" (Gluon)
 
 
 class BaseBackend(ABC):
-    """The contract every framework meets; see DESIGN.md "The shared interface"."""
+    """The contract every framework meets (``docs/architecture.md``, "The contract")."""
 
     name: str = ""
-    convention: "Convention"  # how BatchNorm running statistics move (common.training)
+    convention: Convention  # how BatchNorm running statistics move
 
     def __init__(self) -> None:
         self._units: "weakref.WeakKeyDictionary[Any, tuple[Unit, str]]" = (
             weakref.WeakKeyDictionary())
-        self._optimizers: "weakref.WeakKeyDictionary[Any, tuple[SGD, Any]]" = (
+        self._optimizers: "weakref.WeakKeyDictionary[Any, tuple[SGDConfig, Any]]" = (
             weakref.WeakKeyDictionary())
 
     # -- what a framework supplies ------------------------------------------------------------
@@ -125,7 +80,7 @@ class BaseBackend(ABC):
 
     @abstractmethod
     def _trace_ops(self, model: Any, training: bool, device: str) -> TraceOps:
-        """Ops for :func:`common.trace.trace`; ``from_numpy`` turns NCHW input into a tensor."""
+        """Ops for :func:`common.core.trace.trace`; ``from_numpy`` turns NCHW input into a tensor."""
 
     def _session(self, model: Any, training: bool, device: str) -> ContextManager[None]:
         """Context for one forward or trace: mode, device, gradient recording (default: none)."""
@@ -144,9 +99,14 @@ class BaseBackend(ABC):
         """Training-mode forward, mean softmax cross-entropy, backward; grads kept for _read."""
 
     @abstractmethod
-    def _sgd_step(self, model: Any, x: np.ndarray, y: np.ndarray, hyper: "SGD",
+    def _sgd_step(self, model: Any, x: np.ndarray, y: np.ndarray, hyper: SGDConfig,
                   device: str) -> float:
         """One step of the framework's own SGD optimizer (cached per model, see _optimizer)."""
+
+    @abstractmethod
+    def trainer(self, model: Any, data: Any, batch_size: int, lr: float, seed: int) -> Any:
+        """The framework's own d2l training loop (its package's ``train.Trainer``), one epoch a
+        call of ``run_epoch(epoch, on_batch)``; ``data`` is a :class:`common.core.data.ImageData`."""
 
     # -- the shared contract ------------------------------------------------------------------
     def build(self, unit: Optional[Unit] = None, dtype: str = "float32") -> Any:
@@ -254,13 +214,13 @@ class BaseBackend(ABC):
         gains ``weight_decay * w``) in every backend. Momentum buffers live with the model as
         long as ``lr``, ``momentum`` and ``weight_decay`` stay the same.
         """
-        hyper = SGD(lr, momentum, weight_decay)
+        hyper = SGDConfig(lr, momentum, weight_decay)
         x, device = self.check_input(model, x), self.check_device(device)
         y = self.check_labels(model, x, y)
         with self._session(model, True, device):
             return float(self._sgd_step(model, x, y, hyper, device))
 
-    def _optimizer(self, model: Any, hyper: "SGD", make: Callable[[], Any]) -> Any:
+    def _optimizer(self, model: Any, hyper: SGDConfig, make: Callable[[], Any]) -> Any:
         """The optimizer for ``model`` and ``hyper``: cached, or made anew when ``hyper`` changes."""
         cached = self._optimizers.get(model)
         if cached is None or cached[0] != hyper:
@@ -281,20 +241,10 @@ class BaseBackend(ABC):
         finally:
             self.load_state(model, saved, allow_nonfinite=True)
 
-    # -- d2l training ---------------------------------------------------------------------------
-    def trainer(self, model: Any, data: Any, batch_size: int, lr: float, seed: int) -> Any:
-        """The framework's own d2l training loop (``resnet_<name>/train.py``), one epoch a call
-        of ``run_epoch(epoch, on_batch)``; ``data`` is a :class:`common.data.ImageData`."""
-        return self._train_module().Trainer(model, data, batch_size, lr, seed)
-
-    def _train_module(self) -> Any:
-        return importlib.import_module(_BACKENDS[self.name][0].replace(".backend", ".train"))
-
     # -- helpers ------------------------------------------------------------------------------
     def check_input(self, model: Any, x: Any) -> np.ndarray:
-        unit = self.unit_of(model)
         x = np.asarray(x)
-        want = unit.in_channels if isinstance(unit, ResNetSpec) else unit.input_channels
+        want = num_inputs(self.unit_of(model))
         if x.ndim != 4:
             raise ValueError(f"input must be NCHW (4 dimensions), got shape {x.shape}")
         if x.shape[1] != want:

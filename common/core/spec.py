@@ -6,10 +6,11 @@ Three units can be built, exported and traced in every backend:
 * :class:`ResnetBlockSpec`  -- one stage, d2l's ``resnet_block``;
 * :class:`ResidualSpec`     -- one d2l ``Residual`` block.
 
-Each unit lists its parametrised layers (:meth:`layers`) with the canonical name, the attribute
-path that reaches the layer in *every* framework's model, and the canonical parameter shapes.
-The per-framework packages name their attributes identically (``stem.conv``,
-``stages[1][0].conv3``, ``head.fc``), so this table is written once, here.
+Each unit lists its parametrised layers (:meth:`layers`): the layer table. A row holds the
+canonical name, the attribute path that reaches the layer in *every* framework's model, the
+layer kind and the canonical parameter shapes. The framework packages name their attributes
+identically (``stem.conv``, ``stages[1][0].conv3``, ``head.fc``), so the table is written once,
+here; ``docs/architecture.md`` explains it and lists every name.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def spec_from_json(text: str) -> Unit:
 
 
 def resnet18_spec(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNetSpec:
-    """d2l's ResNet-18 (seeds/003): 7x7/2 stem with bias, max pool, 4 stages of 2 Residuals."""
+    """d2l's ResNet-18 (the chapter's ``net``): 7x7/2 stem with bias, max pool, 4 stages of 2 Residuals."""
     return ResNetSpec(name="resnet18", in_channels=in_channels, num_classes=num_classes, **options)
 
 
@@ -283,10 +284,14 @@ def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
     return {f"{layer.name}.{p}": s for layer in unit.layers() for p, s in layer.shapes.items()}
 
 
-def activation_names(unit: Unit) -> list[str]:
-    """The names :func:`common.trace.trace` records, in order (the same in every backend)."""
-    from .trace import trace_names
-    return trace_names(unit)
+def num_inputs(unit: Unit) -> int:
+    """Input channels of a unit: the network's ``in_channels``, a block's ``input_channels``."""
+    return unit.in_channels if isinstance(unit, ResNetSpec) else unit.input_channels
+
+
+def num_outputs(unit: Unit) -> int:
+    """Classes of the loss: the network's classes, or a lone block's output channels."""
+    return unit.num_classes if isinstance(unit, ResNetSpec) else unit.num_channels
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:

@@ -1,4 +1,4 @@
-"""``resnet-parity train``: d2l's recipe in each framework, and the same-init comparison.
+"""``resnet-parity train`` and ``data``: d2l's recipe in each framework, side by side.
 
 Each framework trains with its own idiomatic loop (``resnet_<name>/train.py``); this module
 feeds them the same batches in the same order, runs them an epoch at a time side by side,
@@ -10,6 +10,7 @@ measures how far apart they drift and plots their curves.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -20,13 +21,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .backend import NATIVE_SUFFIX, BaseBackend, get_backend
-from .compare import compare, global_floor, worst
-from .convert import Staging
-from .data import Dataset, ImageData
-from .formats import detect
-from .spec import ResNetSpec, resnet18_spec
-from .state import State, load_state_file, save_state, xavier_state
+from ..core.backend import BaseBackend
+from ..core.compare import compare, global_floor, worst
+from ..core.data import DataError, Dataset, ImageData, fetch_fashion_mnist, load, load_fashion_mnist
+from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.state import State, load_state_file, save_state, write_text, xavier_state
+from .command import EXIT_OK, CliError, load_backends, positive
+from .formats import FAMILIES, Format, Staging
+from .registry import BACKEND_NAMES, canonical_name, get_backend
 
 
 @dataclass
@@ -106,27 +108,30 @@ class Run:
         return result
 
     @property
+    def native_format(self) -> Format:
+        """The framework's own checkpoint format, the one ``convert`` writes for it."""
+        return FAMILIES[self.name][0]
+
+    @property
     def checkpoint(self) -> Path:
         return self.dir / f"{self.spec.name}.safetensors"
 
     @property
     def native(self) -> Path:
-        return self.dir / f"{self.spec.name}{NATIVE_SUFFIX[self.name]}"
+        return self.dir / f"{self.spec.name}{self.native_format.suffixes[0]}"
 
     def save(self) -> None:
         """Checkpoints and metrics of the last complete epoch, each file written atomically."""
         state = self.be.export_state(self.model)
         save_state(self.checkpoint, state, self.spec)
-        fmt = detect(self.native, writing=True)  # the framework's own format, as convert writes it
+        fmt = self.native_format
         with Staging(fmt, self.native, force=True) as staged:
             fmt.write(staged.path, state, self.spec)
             staged.commit()
         metrics = {"framework": self.name, "config": asdict(self.cfg), "spec": self.spec.to_dict(),
                    "checkpoint": str(self.checkpoint), "native_checkpoint": str(self.native),
                    "epochs": [asdict(h) for h in self.history]}
-        tmp = self.dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        tmp.replace(self.dir / "metrics.json")
+        write_text(self.dir / "metrics.json", json.dumps(metrics, indent=1))
 
 
 def drift(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
@@ -238,9 +243,104 @@ def final_table(runs: Sequence[Run], last: dict) -> str:
 
 def _write_comparison(runs: Sequence[Run], comparison: list[dict], out: Path) -> None:
     first = {r.name: r.history[0].step_losses for r in runs}
-    tmp = out / ".comparison.json.tmp"
-    tmp.write_text(json.dumps({"drift": comparison, "first_epoch_step_losses": first,
-                               "final": {r.name: asdict(r.history[-1]) | {"step_losses": None}
-                                         for r in runs}}, indent=1))
-    tmp.replace(out / "comparison.json")
+    write_text(out / "comparison.json", json.dumps(
+        {"drift": comparison, "first_epoch_step_losses": first,
+         "final": {r.name: asdict(r.history[-1]) | {"step_losses": None} for r in runs}},
+        indent=1))
     plot(runs, out / "comparison.png")
+
+
+# -- the train and data commands ------------------------------------------------------------
+def run_train(args: argparse.Namespace) -> int:
+    names = list(BACKEND_NAMES) if args.framework == "all" else [canonical_name(args.framework)]
+    backends, skipped = load_backends(names, "cpu")
+    if skipped:
+        raise CliError("; ".join(skipped.values()))
+    try:
+        data = load(args.data)
+    except DataError as e:
+        raise CliError(str(e)) from None
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      resize=args.resize, seed=args.seed, init=args.init)
+    try:
+        runs = train(list(backends), data, cfg, Path(args.out), progress=not args.quiet)
+    except ValueError as e:  # an --init file that does not fit
+        raise CliError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the files in {args.out} are from the last complete epoch",
+              file=sys.stderr)
+        return 130
+    for r in runs:
+        print(f"{r.name}: {r.checkpoint}, {r.native}, {r.dir / 'metrics.json'}")
+    if len(runs) > 1:
+        print(f"comparison: {Path(args.out) / 'comparison.json'}, "
+              f"{Path(args.out) / 'comparison.png'}")
+    return EXIT_OK
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: Optional[int]) -> None:
+        if args.quiet:
+            return
+        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, unit="B", unit_scale=True,
+                                                           desc=name, file=sys.stderr))
+        bar.update(done - bar.n)
+    try:
+        paths = fetch_fashion_mnist(args.dir, progress=progress,
+                                    **({"base_url": args.url} if args.url else {}))
+        data = load_fashion_mnist(args.dir)
+    except DataError as e:
+        raise CliError(str(e)) from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"fashion-mnist: {len(data.train)} train and {len(data.test)} test images, md5 "
+          f"verified: {', '.join(p.name for p in paths)} in {args.dir}")
+    return EXIT_OK
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``data``."""
+    tr = sub.add_parser(
+        "train", help="train ResNet-18 the d2l way in one framework or all three",
+        description="Train d2l's ResNet-18 (SGD, softmax cross-entropy) with each framework's own "
+                    "loop: a torch DataLoader and optimizer, tf.data and Keras fit, a Gluon "
+                    "DataLoader and Trainer. Prints d2l's line per epoch and writes, after every "
+                    "complete epoch, OUT/<framework>/resnet18.safetensors, the framework's own "
+                    "checkpoint and metrics.json. With --framework all the three start from one "
+                    "initial state and see the same batches in the same order; their drift is "
+                    "printed per epoch and plotted to OUT/comparison.png.")
+    tr.add_argument("--framework", default="torch",
+                    choices=["torch", "tf", "mxnet", "all", "pytorch", "keras", "gluon"],
+                    help="which framework (torch), or all three side by side")
+    tr.add_argument("--data", default="builtin", metavar="DIR|builtin",
+                    help="a directory with the four Fashion-MNIST .gz files (see `resnet-parity "
+                         "data`), or builtin: scikit-learn's 8x8 digits, no download (default)")
+    tr.add_argument("--epochs", type=positive, default=10, help="epochs (10)")
+    tr.add_argument("--batch-size", type=positive, default=256, help="batch size (256)")
+    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (0.05)")
+    tr.add_argument("--resize", type=positive, default=96, help="image size (96)")
+    tr.add_argument("--out", default="runs", metavar="DIR", help="output directory (runs)")
+    tr.add_argument("--init", default="xavier", metavar="xavier|FILE",
+                    help="Xavier-uniform (d2l's init_cnn, default) or a canonical safetensors file")
+    tr.add_argument("--seed", type=int, default=0, help="seed for init and batch order (0)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=run_train)
+
+    d = sub.add_parser(
+        "data", help="download a data set (fashion-mnist) and verify it",
+        description="Download the four Fashion-MNIST files into DIR, verify their md5 "
+                    "checksums and write each atomically; files already there and intact are "
+                    "kept.")
+    d.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+    d.add_argument("dir", metavar="DIR", help="where to put the files")
+    d.add_argument("--url", default=None, help="mirror to download from (default: the "
+                   "Fashion-MNIST S3 bucket torchvision uses)")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=run_data)
+

@@ -1,0 +1,170 @@
+"""``resnet-parity check``: one set of weights in every framework, compared layer by layer.
+
+Eval mode compares the activations of every named layer; train mode compares training-mode
+activations, the loss and every gradient, and the state after ``--steps`` SGD steps, each
+against the bound of :mod:`common.core.step_parity`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from ..core.compare import (
+    EVAL_RTOL_CPU,
+    EVAL_RTOL_GPU,
+    Section,
+    compare,
+    format_section,
+    global_floor,
+    pairwise,
+    summarize,
+)
+from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.state import load_state_file, random_state, write_text
+from ..core.step_parity import bn_counts, compare_states, labels, tolerance
+from .command import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    CliError,
+    Log,
+    framework_list,
+    load_backends,
+    positive,
+    progress_log,
+)
+from .registry import BACKEND_NAMES
+
+
+def eval_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, device: str,
+                  dtype: str, rtol: float, log: Log) -> list[Section]:
+    acts = {}
+    for name, be in backends.items():
+        log(f"running {name} on {device} ...")
+        model = be.build(spec, dtype=dtype)
+        be.load_state(model, state)
+        acts[name] = be.activations(model, x, device=device)
+    return [Section("activations, eval mode", rtol,
+                    pairwise(acts, lambda o, r, *_: compare(o, r, rtol)))]
+
+
+def train_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, device: str,
+                   dtype: str, args: argparse.Namespace, log: Log) -> list[Section]:
+    y = labels(spec, x.shape[0], args.seed)
+    acts, grads, after = {}, {}, {}
+    for name, be in backends.items():
+        log(f"running {name} on {device} ...")
+        model = be.build(spec, dtype=dtype)
+        be.load_state(model, state)
+        acts[name] = be.activations(model, x, training=True, device=device)
+        loss, g = be.gradients(model, x, y, device=device)
+        grads[name] = {"loss": np.array([loss]), **g}
+        for _ in range(args.steps):
+            be.sgd_step(model, x, y, args.lr, args.momentum, args.weight_decay, device=device)
+        after[name] = be.export_state(model)
+    counts = bn_counts(spec, next(iter(acts.values())))
+    b_act, b_grad = tolerance("activations", dtype), tolerance("gradients", dtype)
+    b_step = tolerance("steps", dtype, args.steps, bn_values=min(counts.values()))
+    return [
+        Section("activations, training mode (batch statistics)", b_act,
+                pairwise(acts, lambda o, r, *_: compare(o, r, b_act))),
+        Section("loss and gradients (floor: 1e-3 of the largest gradient)", b_grad,
+                pairwise(grads, lambda o, r, *_: compare(o, r, b_grad, floor=global_floor(r)))),
+        Section(f"parameters and running statistics after {args.steps} SGD step(s), lr "
+                f"{args.lr:g}, momentum {args.momentum:g}, weight decay {args.weight_decay:g} "
+                "(running_var in the reference's convention)", b_step,
+                pairwise(after, lambda o, r, on, rn: compare_states(
+                    o, r, state, rtol=b_step, unit=spec, steps=args.steps, counts=counts,
+                    other_var=backends[on].convention.running_var,
+                    ref_var=backends[rn].convention.running_var))),
+    ]
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.weights:
+        try:
+            state, spec = load_state_file(args.weights)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        if not isinstance(spec, ResNetSpec):
+            raise CliError(f"{args.weights}: holds a {type(spec).__name__}, not a whole ResNet")
+        source = f"weights from {args.weights}"
+    else:
+        spec = resnet18_spec()
+        state = random_state(spec, args.seed)
+        source = f"random weights and BatchNorm statistics (seed {args.seed})"
+    rtol = args.rtol if args.rtol is not None else (
+        EVAL_RTOL_GPU if args.device == "gpu" else EVAL_RTOL_CPU)
+    x = np.random.default_rng(args.seed).standard_normal(
+        (args.batch, spec.in_channels, args.size, args.size)).astype(np.float32)
+    print(f"{spec.name}: {source}; input {x.shape} NCHW; {args.mode} mode; {args.dtype}; "
+          f"device {args.device}" + (f"; bound max|a-b|/max|b| <= {rtol:g}"
+                                     if args.mode == "eval" else ""))
+    log = progress_log(args.quiet)
+    backends, skipped = load_backends(args.frameworks, args.device)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if len(backends) < 2:
+        raise CliError(f"need at least two frameworks to compare, have {sorted(backends) or 'none'}")
+    if args.mode == "eval":
+        sections = eval_sections(backends, spec, state, x, args.device, args.dtype, rtol, log)
+    else:
+        sections = train_sections(backends, spec, state, x, args.device, args.dtype, args, log)
+    ok = True
+    for section in sections:
+        if len(sections) > 1:
+            print(f"\n== {section.title}; bound {section.bound:g}")
+        print(format_section(section))
+        ok = ok and section.ok
+    n_rows = sum(len(next(iter(s.pairs.values()))) for s in sections)
+    print(f"{'PASS' if ok else 'FAIL'}: {len(backends)} frameworks ({', '.join(backends)}), "
+          f"{n_rows} rows, {len(sections[0].pairs)} pair(s), {args.mode} mode")
+    if args.json:
+        write_text(args.json, json.dumps({
+            "spec": spec.to_dict(), "input_shape": list(x.shape), "device": args.device,
+            "mode": args.mode, "dtype": args.dtype, "ok": ok, "skipped": skipped,
+            "sections": [{"title": s.title, "bound": s.bound, "summary": summarize(s),
+                          "rows": {f"{b} vs {a}": [r.__dict__ | {"shape": list(r.shape)}
+                                                   for r in rows]
+                                   for (a, b), rows in s.pairs.items()}}
+                         for s in sections]}, indent=1))
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``check``."""
+    c = sub.add_parser(
+        "check", help="load one set of weights into every framework and compare each layer",
+        description="Build ResNet-18 in each installed framework, load one set of weights into "
+                    "all, run one input, and print per layer the max absolute and relative "
+                    "difference of every pair. Exit status 1 if any layer is out of bounds.")
+    c.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
+                   help="comma-separated: torch,tf,mxnet (default: all three)")
+    c.add_argument("--size", type=positive, default=96, help="input height and width (96)")
+    c.add_argument("--batch", type=positive, default=2, help="batch size (2)")
+    c.add_argument("--seed", type=int, default=0, help="seed for weights and input (0)")
+    c.add_argument("--weights", metavar="FILE",
+                   help="canonical safetensors file (default: random weights and random "
+                        "BatchNorm statistics)")
+    c.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="cpu (default) or gpu")
+    c.add_argument("--rtol", type=float, default=None,
+                   help=f"relative bound per layer (default {EVAL_RTOL_CPU:g} on cpu, "
+                        f"{EVAL_RTOL_GPU:g} on gpu)")
+    c.add_argument("--mode", choices=["eval", "train"], default="eval",
+                   help="eval (default): activations with running statistics; train: "
+                        "training-mode activations, loss and gradients, and the state after "
+                        "--steps SGD steps")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="float32 (default) or float64, where rounding no longer hides "
+                        "semantic differences")
+    c.add_argument("--lr", type=float, default=0.05, help="train mode: learning rate (0.05, d2l's)")
+    c.add_argument("--momentum", type=float, default=0.0, help="train mode: SGD momentum (0)")
+    c.add_argument("--weight-decay", type=float, default=0.0,
+                   help="train mode: PyTorch-style (coupled L2) weight decay (0)")
+    c.add_argument("--steps", type=positive, default=1, help="train mode: SGD steps (1)")
+    c.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    c.set_defaults(func=run_check)
