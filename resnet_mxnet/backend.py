@@ -44,7 +44,7 @@ def parity_mode() -> None:
     os.environ["MXNET_CUDNN_AUTOTUNE_DEFAULT"] = "0"
 
 
-class MxnetBackend(BaseBackend):
+class Backend(BaseBackend):
     name = "mxnet"
     convention = Convention(running_var="biased", updated_in="backward")
 
@@ -157,5 +157,5 @@ def _device(device: str) -> mx.Context:
     return mx.gpu(0) if device == "gpu" else mx.cpu()
 
 
-def backend() -> MxnetBackend:
-    return MxnetBackend()
+def backend() -> Backend:
+    return Backend()

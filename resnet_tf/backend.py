@@ -37,7 +37,7 @@ def parity_mode() -> None:
     tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
-class TfBackend(BaseBackend):
+class Backend(BaseBackend):
     name = "tf"
     convention = Convention(running_var="biased", updated_in="forward")
 
@@ -150,5 +150,5 @@ def _device(device: str) -> str:
     return "/GPU:0" if device == "gpu" else "/CPU:0"
 
 
-def backend() -> TfBackend:
-    return TfBackend()
+def backend() -> Backend:
+    return Backend()

@@ -38,7 +38,7 @@ def parity_mode() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-class TorchBackend(BaseBackend):
+class Backend(BaseBackend):
     name = "torch"
     convention = Convention(running_var="unbiased", updated_in="forward")
 
@@ -140,5 +140,5 @@ def _device(device: str) -> torch.device:
     return torch.device("cuda" if device == "gpu" else "cpu")
 
 
-def backend() -> TorchBackend:
-    return TorchBackend()
+def backend() -> Backend:
+    return Backend()
