@@ -40,7 +40,7 @@ WELL_CONDITIONED = 100
 #              BatchNorm averages >= WELL_CONDITIONED values): float32 up to 7e-6, and up to
 #              6.2e-4 for a zero-initialised conv bias in front of a BatchNorm, whose exact
 #              gradient is zero, so that its update is float32 rounding alone (d2l's Xavier
-#              init, measured against the floor); float64 1.6e-8 after one step, 3.1e-7 after
+#              init, measured against the floor); float64 2.0e-7 after one step, 3.1e-7 after
 #              five (Keras and Gluon hold lr 0.05 and momentum 0.9 in float32)
 #   several steps where a BatchNorm averages fewer values ("steps-ill"; ResNet-18 at 32x32 has
 #              8): float32 up to 2e-1, each framework as far from its own float64 run.
