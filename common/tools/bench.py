@@ -283,7 +283,6 @@ def run_bench(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if wrong else EXIT_OK
 
 
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``bench``."""
     b = sub.add_parser(
@@ -308,7 +307,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=run_bench)
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

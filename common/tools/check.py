@@ -133,7 +133,6 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_MISMATCH
 
 
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``check``."""
     c = sub.add_parser(

@@ -303,7 +303,6 @@ def run_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``data``."""
     tr = sub.add_parser(
