@@ -7,10 +7,11 @@ alone rebuilds the model in any framework, and loading never runs code from the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Collection, Mapping, Union
+from typing import Collection, Iterator, Mapping, Union
 
 import numpy as np
 
@@ -122,19 +123,28 @@ def publish(tmp: Union[str, os.PathLike], target: Union[str, os.PathLike]) -> No
     os.replace(tmp, target)
 
 
-def write_text(path: Union[str, os.PathLike], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file beside it, renamed into place."""
+@contextlib.contextmanager
+def atomic_write(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to: renamed onto ``path`` when the block ends
+    normally, removed when it raises, so readers see the old file or the new one, never half
+    of one (an interrupted write leaves no temporary behind either)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
         publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit) -> Path:
@@ -148,16 +158,9 @@ def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], s
     checked = validate_state(state, spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in checked.items()}, tmp,
+    with atomic_write(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in checked.items()}, str(tmp),
                   metadata={"format": FORMAT, "spec": spec.to_json()})
-        publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
