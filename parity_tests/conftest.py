@@ -19,16 +19,29 @@ from common import (
 _cache: dict[str, object] = {}
 
 
-def backend_or_skip(name: str):
+def _load(name: str):
+    """The backend, or the ``BackendUnavailable`` that says how to install it (cached)."""
     if name not in _cache:
         try:
             _cache[name] = get_backend(name)
         except BackendUnavailable as e:
             _cache[name] = e
-    be = _cache[name]
+    return _cache[name]
+
+
+def backend_or_skip(name: str):
+    """The backend ``name``, or skip the test with the install hint."""
+    be = _load(name)
     if isinstance(be, BackendUnavailable):
         pytest.skip(str(be))
     return be
+
+
+@pytest.fixture(scope="session")
+def installed() -> tuple[str, ...]:
+    """The names of the installed frameworks, in ``BACKEND_NAMES`` order: the one place the
+    suite asks whether a framework is there (``backend_or_skip`` for a single one)."""
+    return tuple(n for n in BACKEND_NAMES if not isinstance(_load(n), BackendUnavailable))
 
 
 PAIRS = list(itertools.combinations(BACKEND_NAMES, 2))

@@ -40,19 +40,11 @@ def test_macs_match_a_count_of_the_torch_modules():
 
 
 @pytest.fixture(scope="module")
-def report():
-    names = [n for n in ("torch", "tf", "mxnet") if _have(n)]
+def report(installed):
+    names = list(installed)
     if "torch" not in names:
         pytest.skip("bench compares against eager PyTorch")
     return run(names, ["eager"], batch=4, size=32, threads=1, warmup=1, reps=2, spec=TINY)
-
-
-def _have(name):
-    try:
-        backend_or_skip(name)
-        return True
-    except pytest.skip.Exception:
-        return False
 
 
 def test_tiny_bench_reports_every_figure(report):

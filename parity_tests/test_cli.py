@@ -16,18 +16,11 @@ from .conftest import backend_or_skip
 
 
 @pytest.fixture
-def two():
+def two(installed):
     """Two installed frameworks for the CLI runs (torch and tf, else whatever is there)."""
-    names = []
-    for n in ("torch", "tf", "mxnet"):
-        try:
-            backend_or_skip(n)
-            names.append(n)
-        except pytest.skip.Exception:
-            pass
-    if len(names) < 2:
+    if len(installed) < 2:
         pytest.skip("needs two installed frameworks")
-    return ",".join(names[:2])
+    return ",".join(installed[:2])
 
 
 def run(capsys, *argv):

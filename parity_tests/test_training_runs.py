@@ -28,22 +28,14 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def runs(digits, tmp_path_factory):
-    names = [n for n in BACKEND_NAMES if _installed(n)]
+def runs(digits, tmp_path_factory, installed):
+    names = list(installed)
     if len(names) < 2:
         pytest.skip("needs two installed frameworks")
     out = tmp_path_factory.mktemp("train")
     lines: list[str] = []
     result = train(names, digits, CFG, out, progress=False, print_fn=lines.append)
     return {r.name: r for r in result}, out, lines
-
-
-def _installed(name):
-    try:
-        backend_or_skip(name)
-        return True
-    except pytest.skip.Exception:
-        return False
 
 
 def test_builtin_data_is_real_and_split(digits):
