@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from common import (
+    EVAL_RTOL_CPU,
     ResidualSpec,
     ResnetBlockSpec,
+    ResNetSpec,
     activation_names,
+    compare,
+    format_rows,
     param_shapes,
     random_state,
     resnet18_spec,
@@ -32,10 +36,69 @@ def test_build_default_is_resnet18(be):
     assert all(v.dtype == np.float32 for v in state.values())
 
 
-def test_framework_init_is_not_trivial(be, tiny):
-    state = be.export_state(be.build(tiny))
-    assert np.std(state["stem.conv.weight"]) > 0
-    assert np.allclose(state["stem.bn.running_var"], 1) and np.allclose(state["stem.bn.gamma"], 1)
+# -- default init: each framework's own (the trap table's row), and parity never depends on it ------
+INIT = ResNetSpec(name="init", in_channels=1, num_classes=10, stem_channels=64,
+                  stage_channels=(64,), stage_blocks=(1,))
+
+
+def init_bound(framework: str, shape: tuple[int, ...]) -> float:
+    """The half-width of each framework's default uniform init for a weight of canonical
+    ``shape`` (out, in, *kernel): PyTorch kaiming_uniform(a=sqrt(5)) = 1/sqrt(fan_in), Keras
+    glorot_uniform = sqrt(6/(fan_in + fan_out)), Gluon Uniform(0.07)."""
+    receptive = int(np.prod(shape[2:]))
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    return {"torch": 1 / np.sqrt(fan_in), "tf": np.sqrt(6 / (fan_in + fan_out)),
+            "mxnet": 0.07}[framework]
+
+
+def fits_uniform(w: np.ndarray, bound: float) -> bool:
+    """Drawn from uniform(-bound, bound): inside it, filling it (P(max|w| < 0.95 bound) is
+    0.95**n), with its standard deviation bound/sqrt(3) (within 6 sigma of the sample std,
+    whose relative spread for a uniform law is sqrt(0.2/n))."""
+    top, n = float(np.abs(w).max()), w.size
+    spread = abs(np.std(w) / (bound / np.sqrt(3)) - 1)
+    return bound * 0.95 <= top <= bound and spread < 6 * np.sqrt(0.2 / n)
+
+
+@pytest.mark.trap
+def test_default_init_is_each_frameworks_own(be):
+    """A freshly built model: conv and dense weights from the framework's own default
+    initialiser (and not another framework's); biases per framework; BatchNorm at 1, 0, 0, 1."""
+    state = be.export_state(be.build(INIT))
+    others = [n for n in ("torch", "tf", "mxnet") if n != be.name]
+    for name in ("stem.conv.weight", "stages.0.0.conv1.weight", "head.fc.weight"):
+        w = state[name]
+        bound = init_bound(be.name, w.shape)
+        print(f"{be.name} {name} {w.shape}: max|w| {np.abs(w).max():.4f}, std {np.std(w):.4f}; "
+              f"uniform bound {bound:.4f}, std {bound / np.sqrt(3):.4f}")
+        assert fits_uniform(w, bound), name
+        if name != "stages.0.0.conv1.weight":  # there glorot (0.072) and Gluon (0.07) are close
+            assert not any(fits_uniform(w, init_bound(o, w.shape)) for o in others), name
+    for name in ("stem.conv.bias", "head.fc.bias"):
+        b = state[name]
+        if be.name == "torch":  # PyTorch: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); the others: 0
+            fan_in = int(np.prod(state[name.replace("bias", "weight")].shape[1:]))
+            assert 0 < np.abs(b).max() <= 1 / np.sqrt(fan_in)
+        else:
+            assert not b.any()
+    for p, value in (("gamma", 1), ("beta", 0), ("running_mean", 0), ("running_var", 1)):
+        assert (state[f"stem.bn.{p}"] == value).all()
+
+
+def test_parity_never_depends_on_init(pair):
+    """Two frameworks' fresh models differ; after copying one's weights into the other, every
+    tensor is bit-identical and every layer agrees within EVAL_RTOL_CPU."""
+    ref, other = pair
+    m_ref, m_other = ref.build(INIT), other.build(INIT)
+    fresh = ref.export_state(m_ref)
+    assert not np.array_equal(fresh["stem.conv.weight"], other.export_state(m_other)["stem.conv.weight"])
+    other.load_state(m_other, fresh)
+    copied = other.export_state(m_other)
+    assert all(copied[k].tobytes() == fresh[k].tobytes() for k in fresh)
+    x = make_input((1, 1, 20, 20))
+    rows = compare(other.activations(m_other, x), ref.activations(m_ref, x), EVAL_RTOL_CPU)
+    print(format_rows(rows, f"{other.name} vs {ref.name}, {ref.name}'s fresh weights copied"))
+    assert all(r.ok for r in rows)
 
 
 @pytest.mark.parametrize("unit", UNITS + [None], ids=lambda u: type(u).__name__ if u else "tiny")

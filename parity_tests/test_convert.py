@@ -10,11 +10,13 @@ fuzzed files of every format (truncated, bit-flipped, shape-altered), each of wh
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import itertools
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import common.tools.cli as cli
 from common import (
     ResNetSpec,
     activation_names,
+    format_rows,
     random_state,
     save_state,
     torchvision_resnet18_spec,
@@ -76,7 +79,7 @@ def same_state(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, installed):
     """TINY_TV's random state written once in every format, plus its spec as JSON."""
     d = tmp_path_factory.mktemp("formats")
     state = random_state(TINY_TV, 1)
@@ -84,19 +87,11 @@ def files(tmp_path_factory):
     (d / "spec.json").write_text(TINY_TV.to_json())
     out = {}
     for name, fmt in FORMATS.items():
-        if not FRAMEWORK[name] or _installed(FRAMEWORK[name]):
+        if not FRAMEWORK[name] or FRAMEWORK[name] in installed:
             (d / name).mkdir()
             out[name] = d / name / FILE_NAMES[name]
             fmt.write(out[name], state, TINY_TV)
     return {"dir": d, "state": state, "spec": d / "spec.json", **out}
-
-
-def _installed(name: str) -> bool:
-    try:
-        backend_or_skip(name)
-        return True
-    except pytest.skip.Exception:
-        return False
 
 
 def spec_args(name: str, files) -> dict:
@@ -366,6 +361,68 @@ def test_a_spec_that_does_not_fit_names_every_key(files, tmp_path):
                                          r"head\.fc\.bias: expected \(6,\), got \(5,\)"):
         convert(files["torch"], tmp_path / "x.safetensors", spec_file=tmp_path / "wide.json")
     assert listing(tmp_path) == ["tiny.json", "wide.json"]
+
+
+# A checkpoint of a deeper net (one more Residual in the last stage) read as TINY_TV: the keys of
+# the extra Residual are a superset that a lenient reader would drop, "verifying" a truncated net.
+DEEP = dataclasses.replace(TINY_TV, name="tiny-tv-deep", stage_blocks=(1, 3))
+# how each format spells the extra Residual, stages.1.2, in its keys
+EXTRA = {"canonical": "stages.1.2.", "torch": "stages.1.2.", "torchvision": "layer2.2.",
+         "keras-weights": "/residual_2/", "keras": "/residual_2/", "gluon-params": "stages.1.2.",
+         "gluon-export": "_residual2_"}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_a_deeper_checkpoint_is_refused_not_truncated(files, tmp_path, name):
+    """Every format: reading a deeper net's checkpoint with the shallower spec is a ValueError
+    naming the file and every key of the extra Residual (10 tensors; PyTorch adds 2 BatchNorm
+    counters), directly and through convert, which writes nothing."""
+    need(FRAMEWORK[name])
+    fmt = FORMATS[name]
+    src = tmp_path / "deep" / FILE_NAMES[name]
+    src.parent.mkdir()
+    fmt.write(src, random_state(DEEP, 2), DEEP)
+    with pytest.raises(ValueError) as e:
+        fmt.read(src, TINY_TV)
+    msg = str(e.value)
+    print(f"\n{name}: {msg[:300]}...")
+    assert msg.startswith(str(fmt.files(src)[-1]) + ": ")  # the file holding the tensors
+    assert "does not fit" in msg and "missing key" not in msg
+    found = re.search(r"unexpected key\(s\): ([^;]*)", msg)
+    assert found, msg
+    keys = found.group(1).split(", ")
+    assert len(keys) == 10 + 2 * (name in ("torch", "torchvision"))
+    assert all(EXTRA[name] in k for k in keys), keys
+    if not fmt.carries_spec:  # the others are converted with the spec they store, DEEP
+        out = tmp_path / "out"
+        out.mkdir()
+        with pytest.raises(ValueError, match="unexpected key") as e:
+            convert(src, out / "w.safetensors", src_format=FAMILY.get(name),
+                    spec_file=files["spec"])
+        assert str(e.value) == msg and listing(out) == []
+
+
+def test_verification_compares_src_with_the_file_read_back(files, tmp_path, monkeypatch):
+    """A writer that moves one value of one tensor by one float32 ulp: the activations cannot
+    tell, so only comparing SRC's state with DST read back catches it. convert names that
+    tensor, fails and writes nothing."""
+    need("torch")
+    fmt, key = FORMATS["torch"], "stages.1.1.bn2.running_var"
+    write = fmt.write
+
+    def one_ulp_off(path, state, spec):
+        value = state[key].copy()
+        value[3] = np.nextafter(value[3], np.float32(np.inf))
+        write(path, {**state, key: value}, spec)
+    monkeypatch.setattr(fmt, "write", one_ulp_off)
+    r = convert(files["dir"] / "src.safetensors", tmp_path / "w.pt", size=32)
+    v = r.verification
+    rows = next(iter(v.section.pairs.values()))
+    print(format_rows(rows, f"\nDST one ulp off in {key}: differing {v.differing}"))
+    assert v.differing == [key]
+    assert v.section.ok            # within EVAL_RTOL_CPU at every layer: invisible there
+    assert not v.ok and not r.ok and not r.written
+    assert listing(tmp_path) == []
 
 
 # -- nothing lost ---------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ CPU libraries do, and each framework picks its own.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from common import EVAL_RTOL_GPU, compare, format_rows
@@ -59,9 +62,22 @@ def _tf32_enabled(name: str) -> bool:
     return tf.config.experimental.tensor_float_32_execution_enabled()
 
 
+def _tf32_default(name: str) -> bool:
+    """Whether a fresh interpreter allows TF32 (before any parity mode touched the flags)."""
+    code = ("import torch; print(torch.backends.cuda.matmul.allow_tf32 or "
+            "torch.backends.cudnn.allow_tf32)") if name == "torch" else (
+        "import tensorflow as tf; print(tf.config.experimental.tensor_float_32_execution_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.trap
 @pytest.mark.parametrize("name", ["torch", "tf"])
 def test_parity_mode_turns_tf32_off(name, r18, loaded):
+    """The trap: on a GPU, PyTorch (cuDNN convolutions) and TensorFlow allow TF32 by default,
+    10-bit mantissas in float32 convolutions. The backends' parity mode turns it off."""
     be = backend_or_skip(name)
     need_gpu(be)
+    assert _tf32_default(name)
     be.forward(loaded(be, r18), make_input(SHAPE), device="gpu")
     assert not _tf32_enabled(name)

@@ -195,14 +195,25 @@ def _conv_pair(k: int, size: int, seed: int):
 @pytest.mark.parametrize("size", [9, 10], ids=["odd", "even"])
 @pytest.mark.parametrize("k", [3, 7, 1])
 def test_stride2_conv_pads_like_pytorch(k, size):
-    x, conv, same = _conv_pair(k, size, seed=10 * k + size)
+    x, conv, _ = _conv_pair(k, size, seed=10 * k + size)
     ref = conv_reference(x, *(keras.ops.convert_to_numpy(w) for w in (conv.kernel, conv.bias)), 2)
     y = keras.ops.convert_to_numpy(conv(x))
     assert y.shape == ref.shape == (2, (size - 1) // 2 + 1, (size - 1) // 2 + 1, 4)
     assert tuple(conv.compute_output_shape(x.shape)) == y.shape
     assert diff(y, ref)[1] <= 1e-6
-    # d2l's trap: 'same' puts the padding of an even-sized input at the bottom/right only
+
+
+@pytest.mark.trap
+@pytest.mark.parametrize("size", [9, 10], ids=["odd", "even"])
+@pytest.mark.parametrize("k", [3, 7, 1])
+def test_keras_same_padding_is_asymmetric_at_stride_2(k, size):
+    """d2l's trap: Keras's padding='same' puts the padding of an even-sized input at the
+    bottom/right only; PyTorch's padding=k//2 is symmetric."""
+    x, conv, same = _conv_pair(k, size, seed=10 * k + size)
+    ref = conv_reference(x, *(keras.ops.convert_to_numpy(w) for w in (conv.kernel, conv.bias)), 2)
     gap = diff(keras.ops.convert_to_numpy(same(x)), ref)[1]
+    print(f"\nConv2D(padding='same', strides=2), {k}x{k} kernel, {size}x{size}: {gap:.2e} "
+          "from symmetric padding")
     if size % 2 == 0 and k > 1:
         assert gap > 1e-1
     else:  # odd sizes, and 1x1 kernels (no padding at all), agree
@@ -237,16 +248,27 @@ def test_max_pool_pads_with_minus_infinity(size):
     y = keras.ops.convert_to_numpy(PaddedMaxPooling2D(3, strides=2)(x))
     assert (y < 0).all()
     np.testing.assert_array_equal(y, pool_reference(x))
+
+
+@pytest.mark.trap
+@pytest.mark.parametrize("size", [9, 10], ids=["odd", "even"])
+def test_keras_max_pool_padding_is_not_pytorchs(size):
+    """On an all-negative input: PyTorch's max_pool2d(3, 2, padding=1) pads -inf (the
+    reference); Keras's ZeroPadding2D + MaxPooling2D lets the zero padding win at the border,
+    and MaxPooling2D(padding='same') shifts the windows on even sizes."""
+    torch = pytest.importorskip("torch")
+    x = -1.0 - np.abs(nhwc((2, 3, size, size), seed=size))  # all negative
+    ref = pool_reference(x)
+    pytorch = torch.nn.functional.max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), 3,
+                                             stride=2, padding=1).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(pytorch, ref)
     zero_padded = keras.ops.convert_to_numpy(keras.layers.MaxPooling2D(3, strides=2)(
         keras.layers.ZeroPadding2D(1)(x)))
-    assert (zero_padded == 0).any()  # what zero padding would give at the border
+    assert zero_padded.shape == ref.shape and (zero_padded == 0).any()  # zeros at the border
+    assert diff(zero_padded, ref)[1] > 0.1
     same = keras.ops.convert_to_numpy(keras.layers.MaxPooling2D(3, 2, padding="same")(x))
-    assert same.shape == y.shape
-    assert np.array_equal(same, y) == (size % 2 == 1)  # 'same' shifts the windows on even sizes
-    torch = pytest.importorskip("torch")
-    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), 3,
-                                         stride=2, padding=1).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(y, ref)
+    assert same.shape == ref.shape
+    assert np.array_equal(same, ref) == (size % 2 == 1)  # 'same' shifts the windows on even sizes
 
 
 def test_padded_layers_refuse_a_padding_argument():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from common import (
@@ -9,11 +10,13 @@ from common import (
     EVAL_RTOL_CPU,
     ResidualSpec,
     ResnetBlockSpec,
+    ResNetSpec,
     compare,
     format_rows,
     random_state,
     worst,
 )
+from common.core.step_parity import bn_counts, compare_states, labels, tolerance
 
 from .conftest import backend_or_skip, make_input
 from .test_spec import D2L_SHAPES_224
@@ -79,6 +82,49 @@ def test_blocks_eval_parity(pair, unit, size):
         be.load_state(model, state)
         acts[be.name] = be.activations(model, x)
     assert_parity(acts[other.name], acts[ref.name], title=f"{other.name} vs {ref.name}")
+
+
+# -- every option away from its default ---------------------------------------------------------
+# No conv bias, BatchNorm on the shortcut, and an eps that is neither the frameworks' 1e-5 nor
+# Keras's 1e-3, so a backend that drops any option differs from one that keeps it.
+OPTIONS = ResNetSpec(name="options", in_channels=3, num_classes=5, stem_channels=8,
+                     stage_channels=(8, 16), stage_blocks=(1, 2), conv_bias=False,
+                     shortcut_bn=True, bn_eps=1e-2, bn_momentum=0.3)
+_options: dict[str, tuple] = {}
+
+
+def options_run(be):
+    """Eval activations and the state after one float64 SGD step of OPTIONS, once per backend."""
+    if be.name not in _options:
+        state, x = random_state(OPTIONS, seed=9), make_input((4, 3, 17, 17), seed=9)
+        model = be.build(OPTIONS)
+        be.load_state(model, state)
+        acts = be.activations(model, x)
+        model64 = be.build(OPTIONS, dtype="float64")
+        be.load_state(model64, state)
+        be.sgd_step(model64, x, labels(OPTIONS, 4), 0.05)
+        _options[be.name] = (acts, be.export_state(model64), state)
+    return _options[be.name]
+
+
+def test_network_parity_with_non_default_options(pair):
+    """No conv bias, BatchNorm on the shortcut, eps 1e-2, momentum 0.3: every layer agrees in
+    eval mode within EVAL_RTOL_CPU, and after one training step (float64) every parameter and
+    running statistic agrees too (momentum reaches every BatchNorm)."""
+    ref, other = pair
+    (acts_ref, step_ref, state), (acts_other, step_other, _) = options_run(ref), options_run(other)
+    rows = assert_parity(acts_other, acts_ref, title=f"{other.name} vs {ref.name}, {OPTIONS}")
+    assert any(r.layer.endswith("shortcut_bn") for r in rows)
+    counts = bn_counts(OPTIONS, acts_ref)
+    bound = tolerance("steps", "float64", 1)
+    rows = compare_states(step_other, step_ref, state, rtol=bound, unit=OPTIONS, steps=1,
+                          counts=counts, other_var=other.convention.running_var,
+                          ref_var=ref.convention.running_var)
+    report = format_rows(rows, f"after one SGD step, float64 (bound {bound:g})")
+    print(report)
+    assert all(r.ok for r in rows), report
+    moved = step_ref["stem.bn.running_mean"] - state["stem.bn.running_mean"]
+    assert np.abs(moved).max() > 1e-3
 
 
 def test_state_circle_is_bit_exact(r18, r18_state):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,24 @@ def test_validate_state_names_every_problem(r18, r18_state):
     assert np.isinf(ok["stages.0.0.conv1.bias"]).all()
 
 
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_every_kind_of_nonfinite_value_is_refused(r18, r18_state, value):
+    """Infinity alone, with no NaN beside it, is refused too."""
+    bad = {**r18_state, "head.fc.bias": np.array([0, 0, value, 0, 0, 0, 0, 0, 0, 0], np.float32)}
+    with pytest.raises(ValueError, match="non-finite values in head.fc.bias: 1 of 10"):
+        validate_state(bad, r18)
+
+
+def test_validated_state_is_a_copy(r18, r18_state):
+    """validate_state (and so load_state and save_state) never aliases the caller's arrays:
+    changing what it returned leaves the caller's state as it was."""
+    before = r18_state["stem.conv.weight"].copy()
+    out = validate_state(r18_state, r18)
+    out["stem.conv.weight"][...] = 0
+    assert np.array_equal(r18_state["stem.conv.weight"], before)
+    assert not np.shares_memory(out["head.fc.bias"], r18_state["head.fc.bias"])
+
+
 def test_state_file_round_trip(tmp_path, tiny):
     state = random_state(tiny, 3)
     path = save_state(tmp_path / "w.safetensors", state, tiny)
@@ -171,6 +190,27 @@ def test_failed_save_leaves_old_file_and_no_temporary(tmp_path, tiny):
         save_state(path, bad, tiny)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.safetensors"]
+
+
+def test_interrupted_save_keeps_the_old_file(tmp_path, tiny, monkeypatch):
+    """The writer dies half-way (disk full, Ctrl-C): the file at the target keeps its old
+    bytes, since save_state writes a temporary file and renames it, and no temporary is left."""
+    import safetensors.numpy
+    path = save_state(tmp_path / "w.safetensors", random_state(tiny, 0), tiny)
+    before = path.read_bytes()
+    written = []
+
+    def half_then_fail(tensors, filename, metadata=None):
+        Path(filename).write_bytes(before[: len(before) // 2])
+        written.append(Path(filename))
+        raise OSError("No space left on device")
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_state(path, random_state(tiny, 1), tiny)
+    assert len(written) == 1 and written[0] != path      # it wrote somewhere else ...
+    assert path.read_bytes() == before                   # ... so the old file is intact
+    assert os.listdir(tmp_path) == ["w.safetensors"]     # and the partial file is gone
+    assert load_state_file(path)[1] == tiny
 
 
 def test_saved_files_get_a_new_files_mode(tmp_path, tiny):

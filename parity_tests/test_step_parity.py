@@ -10,9 +10,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import ResidualSpec, ResnetBlockSpec, compare, format_rows, random_state, resnet18_spec, worst
+from common import (
+    EVAL_RTOL_CPU,
+    ResidualSpec,
+    ResnetBlockSpec,
+    compare,
+    format_rows,
+    random_state,
+    resnet18_spec,
+    worst,
+)
 from common.core.compare import global_floor
-from common.core.step_parity import bn_counts, compare_states, labels, tolerance, trajectory
+from common.core.step_parity import (
+    WELL_CONDITIONED,
+    bn_counts,
+    compare_states,
+    labels,
+    tolerance,
+    trajectory,
+)
 
 from .conftest import backend_or_skip, make_input
 
@@ -108,8 +124,7 @@ def test_parameters_and_running_stats_after_sgd_steps(pair, key, dtype, momentum
     assert all(v > 0 for k, v in moved.items() if k.endswith("running_mean"))
 
 
-def test_running_variance_conventions_differ_by_the_stated_factor():
-    """Raw running variances differ (unbiased vs biased); converted, they agree (float64)."""
+def _running_var_after_one_step():
     torch_be, tf_be = backend_or_skip("torch"), backend_or_skip("tf")
     key = "resnet18"
     unit, state, _, _ = inputs(key)
@@ -117,13 +132,43 @@ def test_running_variance_conventions_differ_by_the_stated_factor():
     _, torch_states = cached("steps", torch_be, key, "float64", momentum=0.0)
     _, tf_states = cached("steps", tf_be, key, "float64", momentum=0.0)
     var = [f"{layer}.running_var" for layer in counts]
-    raw = worst(compare(tf_states[0], torch_states[0], names=var))
+    return unit, state, counts, var, tf_states[0], torch_states[0]
+
+
+@pytest.mark.trap
+def test_raw_running_variances_differ():
+    """After one sgd_step (float64, ResNet-18 32x32), Keras's running variance (biased) is not
+    PyTorch's (unbiased): the batch variances differ by a factor n / (n - 1), n the values per
+    channel, so the running ones by up to 1 / (n - 1)."""
+    _, _, counts, var, tf_state, torch_state = _running_var_after_one_step()
+    raw = worst(compare(tf_state, torch_state, names=var))
+    n = counts[raw.layer.rsplit(".", 1)[0]]
     print(f"raw running_var after 1 step, tf vs torch: {raw.max_rel:.2e} at {raw.layer} "
-          f"(n = {counts[raw.layer.rsplit('.', 1)[0]]} values per channel)")
-    assert raw.max_rel > 1e-3
-    rows = compare_states(tf_states[0], torch_states[0], state, rtol=1e-6, unit=unit, steps=1,
+          f"(n = {n} values per channel)")
+    assert 1e-3 < raw.max_rel <= 1 / (n - 1)
+
+
+def test_running_variance_conventions_convert_exactly():
+    """Converted with Backend.convention (biased vs unbiased), they agree (float64)."""
+    unit, state, counts, var, tf_state, torch_state = _running_var_after_one_step()
+    rows = compare_states(tf_state, torch_state, state, rtol=1e-6, unit=unit, steps=1,
                           counts=counts, other_var="biased", ref_var="unbiased")
-    assert all(r.ok for r in rows if r.layer in var)
+    check([r for r in rows if r.layer in var], 1e-6, "running_var, tf vs torch, converted")
+
+
+@pytest.mark.trap
+def test_float32_training_is_not_float64():
+    """float32 BatchNorm training is ill-conditioned: PyTorch's float32 gradients of ResNet-18
+    (32x32, batch 8: the last stage's BatchNorms average 8 values) are further from its own
+    float64 ones than the eval bound allows between frameworks (the trap table measures 9e-3 at
+    96x96); the float32 gradient bound must allow for it."""
+    be = backend_or_skip("torch")
+    (loss32, g32), (loss64, g64) = (cached("grads", be, "resnet18", d) for d in DTYPES)
+    gap = worst(compare(g32, g64, floor=global_floor(g64)))
+    print(f"torch float32 vs float64 gradients: {gap.max_rel:.2e} at {gap.layer}; "
+          f"loss {abs(loss32 - loss64) / abs(loss64):.1e}")
+    assert abs(loss32 - loss64) <= 1e-6 * abs(loss64)   # the forward pass is fine
+    assert EVAL_RTOL_CPU < gap.max_rel <= tolerance("gradients", "float32")
 
 
 def test_forward_and_gradients_leave_the_model_unchanged(be):
@@ -176,6 +221,7 @@ def test_weight_decay_gives_one_trajectory(pair, momentum):
     assert worst(compare(b[-1], plain[-1])).max_rel > 1e-4  # the decay really acted
 
 
+@pytest.mark.trap
 @pytest.mark.parametrize("momentum, differs", [(0.0, False), (0.9, True)])
 def test_keras_decoupled_weight_decay_matches_pytorch_only_without_momentum(momentum, differs):
     torch_be, tf_be = backend_or_skip("torch"), backend_or_skip("tf")
@@ -194,3 +240,21 @@ def test_keras_decoupled_weight_decay_matches_pytorch_only_without_momentum(mome
     print(f"Keras SGD(weight_decay={WD}, momentum={momentum}) vs torch SGD: {gap.max_rel:.2e} "
           f"at {gap.layer}")
     assert (gap.max_rel > 1e-3) if differs else (gap.max_rel < 1e-6)
+
+
+def test_step_bounds_follow_batchnorm_conditioning():
+    """Several float32 steps get the tight bound only where every BatchNorm averages at least
+    WELL_CONDITIONED values; fewer, or unknown counts, get the ill-conditioned one. One step,
+    and float64, do not depend on it."""
+    def steps(dtype, n, values):
+        return tolerance("steps", dtype, n, bn_values=values)
+    tight, loose = steps("float32", 5, WELL_CONDITIONED), steps("float32", 5, WELL_CONDITIONED - 1)
+    assert tight < loose
+    assert steps("float32", 5, None) == loose
+    assert steps("float32", 1, 8) == steps("float32", 1, None) == steps("float32", 1, 10**6)
+    assert steps("float64", 5, 8) == steps("float64", 5, None) == steps("float64", 5, 10**6)
+    # the units of this file: the blocks are well-conditioned, ResNet-18 at 32x32 is not
+    counts = {key: min(bn_counts(UNITS[key][0], cached("trace", backend_or_skip("torch"), key,
+                                                        "float64")).values()) for key in UNITS}
+    assert counts["resnet18"] < WELL_CONDITIONED <= min(v for k, v in counts.items()
+                                                         if k != "resnet18")

@@ -8,7 +8,7 @@ figure is ``max|a-b| / max|b|`` unless the line says otherwise, on CPU.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,7 +25,24 @@ RESIDUAL = ResidualSpec(3, 6, use_1x1conv=True, strides=2)
 
 
 @dataclass(frozen=True)
+class Trap:
+    """One row of the trap table, without its measurement: what each framework does, what the
+    suite does about it, and the test that pins the frameworks' behaviour
+    (``parity_tests/<file>.py::<test>``, marked ``trap``)."""
+
+    trap: str
+    pytorch: str
+    keras: str
+    gluon: str
+    fix: str
+    test: str
+
+
+@dataclass(frozen=True)
 class Finding:
+    """A :class:`Trap` measured on this machine: ``measured`` for the table, and the same
+    numbers in ``figures`` (name -> value) for whoever checks them."""
+
     trap: str
     pytorch: str
     keras: str
@@ -33,6 +50,55 @@ class Finding:
     measured: str
     fix: str
     test: str
+    figures: dict[str, float] = field(default_factory=dict, hash=False)
+
+
+_T = "parity_tests/"
+TRAPS: list[Trap] = [
+    Trap("the whole network", "d2l code", "d2l code as printed", "d2l code",
+         "the fixes below", _T + "test_d2l_traps.py::test_d2l_keras_resnet18_is_not_d2l_pytorch"),
+    Trap("activation layout", "NCHW", "NHWC (TensorFlow's own CPU kernels need it)", "NCHW",
+         "interface speaks NCHW; resnet_tf transposes at the edge only",
+         _T + "test_framework_traps.py::test_tensorflow_cpu_convolution_is_nhwc_only"),
+    Trap("kernel layout", "(out, in, kh, kw); dense (out, in)",
+         "(kh, kw, in, out); dense (in, out)", "as PyTorch",
+         "converted in export/load; round trips bit-exact",
+         _T + "test_framework_traps.py::test_kernel_layouts"),
+    Trap("stride-2 'same' padding", "padding=k//2 each side",
+         "extra row/column at bottom/right when the size is even", "as PyTorch",
+         "PaddedConv2D: symmetric zero padding, then 'valid'",
+         _T + "test_d2l_traps.py::test_same_padding_is_asymmetric_at_stride_2_on_even_sizes"),
+    Trap("max-pool padding", "-inf", "'same' asymmetric; ZeroPadding2D pads zeros", "-inf",
+         "PaddedMaxPooling2D pads -inf",
+         _T + "test_keras_idioms.py::test_keras_max_pool_padding_is_not_pytorchs"),
+    Trap("BatchNorm eps", "1e-5", "1e-3 default", "1e-5", "the spec carries eps",
+         _T + "test_framework_traps.py::test_batchnorm_default_eps"),
+    Trap("BatchNorm momentum", "0.1 = weight of the new batch",
+         "0.99 default = weight of the old value", "0.9 = weight of the old value",
+         "the spec holds PyTorch's convention; Keras and Gluon get 1 - m",
+         _T + "test_framework_traps.py::test_batchnorm_momentum_meaning"),
+    Trap("running variance", "unbiased batch variance", "biased", "biased",
+         "exposed as Backend.convention; compared after exact conversion",
+         _T + "test_framework_traps.py::test_running_variance_is_unbiased_only_in_pytorch"),
+    Trap("update timing", "training forward", "training forward", "backward pass only",
+         "forward/activations never change the model; sgd_step updates in all three",
+         _T + "test_framework_traps.py::test_running_statistics_move_in_forward_except_in_gluon"),
+    Trap("default init", "kaiming-uniform", "glorot-uniform", "uniform(-0.07, 0.07)",
+         "parity never depends on init: weights are copied",
+         _T + "test_contract.py::test_default_init_is_each_frameworks_own"),
+    Trap("weight decay", "coupled L2 (in the gradient)",
+         "SGD(weight_decay) decoupled (outside momentum)", "wd coupled",
+         "sgd_step adds wd*w to Keras gradients: one trajectory in all three",
+         _T + "test_framework_traps.py::test_sgd_weight_decay_is_coupled_except_in_keras"),
+    Trap("float32 training", "float32", "float32", "float32",
+         "semantics proven in float64 (~1e-12); float32 bounds measured",
+         _T + "test_step_parity.py::test_float32_training_is_not_float64"),
+    Trap("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
+         "device='gpu' turns TF32 off", _T + "test_gpu.py::test_parity_mode_turns_tf32_off"),
+    Trap("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
+         "resnet_mxnet/_compat.py adds the alias only if missing; numpy < 2",
+         _T + "test_gluon_idioms.py::test_bare_mxnet_import_fails_on_numpy_1_24_and_later"),
+]
 
 
 def _input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -213,11 +279,14 @@ def float32_hyperparameters_gap() -> float:
 
 
 def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
-    """Measure every trap (needs all three frameworks; about half a minute on 2 cores)."""
+    """Measure every trap of :data:`TRAPS` (needs all three frameworks; about half a minute on
+    2 cores)."""
     log("d2l's code as printed ...")
     d2l_gap, suite_gap, same = d2l_resnet18_logits_gap()
     even, odd = d2l_keras_residual_rows(8, 1e-5), d2l_keras_residual_rows(9, 1e-5)
     eps = d2l_keras_residual_rows(9, None)
+    log("layouts and padding ...")
+    kernel, pool, momentum = kernel_layout_gap(), max_pool_zero_padding_gap(), bn_momentum_gap()
     log("BatchNorm ...")
     rv, n = running_var_gap()
     fwd_torch, fwd_gluon = gluon_forward_update()
@@ -226,68 +295,50 @@ def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
     wd0, wd9 = weight_decay_gap(0.0), weight_decay_gap(0.9)
     f32 = float32_gradient_gap()
     hyper = float32_hyperparameters_gap()
-    return [
-        Finding("the whole network", "d2l code", "d2l code as printed", "d2l code",
-                f"d2l Keras vs d2l PyTorch logits: {d2l_gap:.1e}; suite Keras vs suite PyTorch: "
-                f"{suite_gap:.1e}; suite PyTorch vs d2l PyTorch: {same:.1e}",
-                "the fixes below", "test_d2l_keras_resnet18_differs_the_suites_does_not"),
-        Finding("activation layout", "NCHW", "NHWC (CPU TensorFlow needs it)", "NCHW",
-                "-", "interface speaks NCHW; resnet_tf transposes at the edge only",
-                "every parity test"),
-        Finding("kernel layout", "(out, in, kh, kw); dense (out, in)",
-                "(kh, kw, in, out); dense (in, out)", "as PyTorch",
-                f"kernel reshaped instead of transposed: conv output off by {kernel_layout_gap():.1e}",
-                "converted in export/load; round trips bit-exact",
-                "test_state_circle_is_bit_exact"),
-        Finding("stride-2 'same' padding", "padding=k//2 each side",
-                "extra row/column at bottom/right when the size is even", "as PyTorch",
-                f"d2l Keras Residual conv1: {even['conv1'].max_rel:.1e} at 8x8, "
-                f"{odd['conv1'].max_rel:.1e} at 9x9",
-                "PaddedConv2D: symmetric zero padding, then 'valid'",
-                "test_same_padding_is_asymmetric_at_stride_2_on_even_sizes"),
-        Finding("max-pool padding", "-inf", "'same' asymmetric; ZeroPadding2D pads zeros", "-inf",
-                f"zero padding on a signed input: {max_pool_zero_padding_gap():.1e} "
-                "(none in ResNet, where the pool follows a ReLU)",
-                "PaddedMaxPooling2D pads -inf", "test_max_pool_pads_with_minus_infinity"),
-        Finding("BatchNorm eps", "1e-5", "1e-3 default", "1e-5",
-                f"d2l Keras Residual bn1: {eps['bn1'].max_rel:.1e} (running var 0.5..2)",
-                "the spec carries eps", "test_keras_default_eps_is_a_second_trap"),
-        Finding("BatchNorm momentum", "0.1 = weight of the new batch",
-                "0.99 default = weight of the old value", "0.9 = weight of the old value",
-                f"Keras momentum=0.1 taken literally: running mean off by {bn_momentum_gap():.1e}",
-                "the spec holds PyTorch's convention; Keras and Gluon get 1 - m",
-                "test_momentum_is_the_weight_of_the_new_batch"),
-        Finding("running variance", "unbiased batch variance", "biased", "biased",
-                f"after 1 step: {rv:.1e} (n = {n} values per channel; ratio ~ 1/(n-1))",
-                "exposed as Backend.convention; compared after exact conversion",
-                "test_running_variance_conventions_differ_by_the_stated_factor"),
-        Finding("update timing", "training forward", "training forward",
-                "backward pass only",
-                f"running mean after one training forward: PyTorch moved {fwd_torch:.2f}, "
-                f"Gluon {fwd_gluon:.2f}",
-                "forward/activations never change the model; sgd_step updates in all three",
-                "test_running_stats_move_in_backward_with_biased_variance"),
-        Finding("default init", "kaiming-uniform", "glorot-uniform", "uniform(-0.07, 0.07)",
-                "std of a 3x3 64->64 conv: " + ", ".join(f"{k} {v:.3f}" for k, v in init.items()),
-                "parity never depends on init: weights are copied",
-                "test_framework_init_is_not_trivial"),
-        Finding("weight decay", "coupled L2 (in the gradient)",
-                "SGD(weight_decay) decoupled (outside momentum)", "wd coupled",
-                f"Keras SGD(weight_decay=0.01) vs PyTorch, 5 steps: {wd0:.1e} without momentum, "
-                f"{wd9:.1e} with momentum 0.9",
-                "sgd_step adds wd*w to Keras gradients: one trajectory in all three",
-                "test_keras_decoupled_weight_decay_matches_pytorch_only_without_momentum"),
-        Finding("float32 training", "float32", "float32", "float32",
-                f"PyTorch float32 vs its own float64 gradients: {f32:.1e} (BatchNorm backward); "
-                f"float64 Keras vs PyTorch after one step: {hyper:.1e} (Keras keeps lr in float32)",
-                "semantics proven in float64 (~1e-12); float32 bounds measured",
-                "test_loss_and_every_gradient"),
-        Finding("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
-                "not measured here (no GPU)", "device='gpu' turns TF32 off", "test_gpu.py"),
-        Finding("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
-                "import mxnet fails on numpy >= 1.24", "resnet_mxnet/_compat.py adds the alias "
-                "only if missing; numpy < 2", "test_shim_is_needed_and_enough"),
-    ]
+    measured: dict[str, tuple[str, dict[str, float]]] = {
+        "the whole network": (
+            f"d2l Keras vs d2l PyTorch logits: {d2l_gap:.1e}; suite Keras vs suite PyTorch: "
+            f"{suite_gap:.1e}; suite PyTorch vs d2l PyTorch: {same:.1e}",
+            {"d2l_keras_vs_d2l_torch": d2l_gap, "suite_keras_vs_suite_torch": suite_gap,
+             "suite_torch_vs_d2l_torch": same}),
+        "activation layout": ("-", {}),
+        "kernel layout": (
+            f"kernel reshaped instead of transposed: conv output off by {kernel:.1e}",
+            {"reshaped_kernel": kernel}),
+        "stride-2 'same' padding": (
+            f"d2l Keras Residual conv1: {even['conv1'].max_rel:.1e} at 8x8, "
+            f"{odd['conv1'].max_rel:.1e} at 9x9",
+            {"conv1_even": even["conv1"].max_rel, "conv1_odd": odd["conv1"].max_rel}),
+        "max-pool padding": (
+            f"zero padding on a signed input: {pool:.1e} (none in ResNet, where the pool follows "
+            "a ReLU)", {"zero_padding": pool}),
+        "BatchNorm eps": (
+            f"d2l Keras Residual bn1: {eps['bn1'].max_rel:.1e} (running var 0.5..2)",
+            {"bn1": eps["bn1"].max_rel}),
+        "BatchNorm momentum": (
+            f"Keras momentum=0.1 taken literally: running mean off by {momentum:.1e}",
+            {"literal_momentum": momentum}),
+        "running variance": (
+            f"after 1 step: {rv:.1e} (n = {n} values per channel; ratio ~ 1/(n-1))",
+            {"running_var": rv, "values_per_channel": float(n)}),
+        "update timing": (
+            f"running mean after one training forward: PyTorch moved {fwd_torch:.2f}, "
+            f"Gluon {fwd_gluon:.2f}", {"torch_moved": fwd_torch, "gluon_moved": fwd_gluon}),
+        "default init": (
+            "std of a 3x3 64->64 conv: " + ", ".join(f"{k} {v:.3f}" for k, v in init.items()),
+            {f"std_{k}": v for k, v in init.items()}),
+        "weight decay": (
+            f"Keras SGD(weight_decay=0.01) vs PyTorch, 5 steps: {wd0:.1e} without momentum, "
+            f"{wd9:.1e} with momentum 0.9", {"no_momentum": wd0, "momentum_0.9": wd9}),
+        "float32 training": (
+            f"PyTorch float32 vs its own float64 gradients: {f32:.1e} (BatchNorm backward); "
+            f"float64 Keras vs PyTorch after one step: {hyper:.1e} (Keras keeps lr in float32)",
+            {"torch_float32_vs_float64_gradients": f32, "keras_vs_torch_float64_step": hyper}),
+        "GPU float32": ("not measured by traps, which runs on the CPU", {}),
+        "numpy": ("import mxnet fails on numpy >= 1.24", {}),
+    }
+    return [Finding(**asdict(t), measured=measured[t.trap][0], figures=measured[t.trap][1])
+            for t in TRAPS]
 
 
 def markdown(items: list[Finding]) -> str:
@@ -313,7 +364,6 @@ def run_traps(args: argparse.Namespace) -> int:
             print(f"{f.trap}: {f.measured}\n    PyTorch: {f.pytorch} | Keras: {f.keras} | "
                   f"Gluon: {f.gluon}\n    suite: {f.fix} (test: {f.test})")
     return EXIT_OK
-
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,47 @@
+"""Each layer's definition in float64 numpy, NCHW, written here independently of the suite's
+code: what a recorded activation must equal, and what a framework's own layer computes."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None, stride: int = 1,
+           padding: Optional[int] = None) -> np.ndarray:
+    """Cross-correlation of NCHW ``x`` with ``w`` ``(out, in, kh, kw)``, zero padding
+    (default ``k // 2`` on each side, PyTorch's ``padding=k//2``), then the bias."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    kh, kw = w.shape[2:]
+    ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (xp.shape[2] - kh) // stride + 1, (xp.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            out += np.einsum("nchw,oc->nohw", window, w[:, :, i, j])
+    if b is not None:
+        out += np.asarray(b, np.float64)[None, :, None, None]
+    return out
+
+
+def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+               var: np.ndarray, eps: float) -> np.ndarray:
+    """Eval-mode BatchNorm over NCHW channels: ``(x - mean) / sqrt(var + eps) * gamma + beta``."""
+    c = lambda v: np.asarray(v, np.float64)[None, :, None, None]  # noqa: E731
+    return (np.asarray(x, np.float64) - c(mean)) / np.sqrt(c(var) + eps) * c(gamma) + c(beta)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(np.asarray(x, np.float64), 0.0)
+
+
+def max_pool(x: np.ndarray, k: int = 3, stride: int = 2, padding: int = 1) -> np.ndarray:
+    """NCHW max pool; the padding is -inf, so it never wins the max (PyTorch's ``padding``)."""
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                constant_values=-np.inf)
+    oh, ow = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
+    return np.max([xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                   for i in range(k) for j in range(k)], axis=0)

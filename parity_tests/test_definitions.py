@@ -1,0 +1,85 @@
+"""Every recorded activation is its layer's definition: each name ``activations`` records, in
+every backend, equals float64 numpy (``numpy_reference``, written independently of the suite)
+applied to the input, the canonical state and the activation(s) recorded before it. Parity
+between frameworks cannot show this: a walk that recorded the wrong tensor would record it in
+all three."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from common import ResNetSpec, compare, format_rows, random_state
+
+from . import numpy_reference as ref_np
+from .conftest import make_input
+
+
+def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarray) -> dict:
+    """Each activation of ``spec`` computed in float64 numpy from the input, the canonical state
+    and the *previously recorded* activations (so rounding never accumulates)."""
+    S = lambda name: state[name].astype(np.float64)  # noqa: E731
+    A = lambda name: acts[name].astype(np.float64)   # noqa: E731
+    ref: dict[str, np.ndarray] = {}
+
+    def conv(layer, inp, stride):
+        bias = S(f"{layer}.bias") if f"{layer}.bias" in state else None
+        return ref_np.conv2d(inp, S(f"{layer}.weight"), bias, stride)
+
+    def bn(layer, inp):
+        return ref_np.batch_norm(inp, *(S(f"{layer}.{p}") for p in
+                                        ("gamma", "beta", "running_mean", "running_var")),
+                                 eps=spec.bn_eps)
+
+    ref["stem.conv"] = conv("stem.conv", x, spec.stem_stride)
+    ref["stem.bn"] = bn("stem.bn", A("stem.conv"))
+    ref["stem.relu"] = ref_np.relu(A("stem.bn"))
+    prev = "stem.relu"
+    if spec.stem_pool:
+        ref["stem.pool"] = ref_np.max_pool(A("stem.relu"))
+        prev = "stem.pool"
+    for i, stage in enumerate(spec.stages()):
+        for j, r in enumerate(stage.residuals()):
+            p = f"stages.{i}.{j}"
+            ref[f"{p}.conv1"] = conv(f"{p}.conv1", A(prev), r.strides)
+            ref[f"{p}.bn1"] = bn(f"{p}.bn1", A(f"{p}.conv1"))
+            ref[f"{p}.relu1"] = ref_np.relu(A(f"{p}.bn1"))
+            ref[f"{p}.conv2"] = conv(f"{p}.conv2", A(f"{p}.relu1"), 1)
+            ref[f"{p}.bn2"] = bn(f"{p}.bn2", A(f"{p}.conv2"))
+            shortcut = A(prev)
+            if r.use_1x1conv:
+                ref[f"{p}.shortcut"] = conv(f"{p}.shortcut", A(prev), r.strides)
+                shortcut = A(f"{p}.shortcut")
+                if r.shortcut_bn:
+                    ref[f"{p}.shortcut_bn"] = bn(f"{p}.shortcut_bn", shortcut)
+                    shortcut = A(f"{p}.shortcut_bn")
+            ref[p] = ref_np.relu(A(f"{p}.bn2") + shortcut)
+            prev = p
+    ref["head.pool"] = A(prev).mean(axis=(2, 3), keepdims=True)
+    ref["head.flatten"] = A("head.pool").reshape(len(x), -1)
+    ref["head.fc"] = A("head.flatten") @ S("head.fc.weight").T + S("head.fc.bias")
+    return ref
+
+
+@pytest.mark.parametrize("options", [{}, {"conv_bias": False, "shortcut_bn": True, "bn_eps": 1e-2}],
+                         ids=["d2l", "torchvision-like"])
+def test_every_activation_is_its_layers_definition(be, tiny, options):
+    """conv (padding k//2, stride), eval BatchNorm with the spec's eps, ReLU, -inf-padded
+    3x3/2 max pool, residual sum, global average pool, flatten, dense: each recorded activation
+    against float64 numpy applied to the activation(s) recorded before it."""
+    spec = dataclasses.replace(tiny, **options)
+    state = random_state(spec, seed=6)
+    model = be.build(spec)
+    be.load_state(model, state)
+    x = make_input((2, 3, 19, 19), seed=6)
+    acts = be.activations(model, x)
+    ref = reference_activations(spec, state, acts, x.astype(np.float64))
+    assert list(acts) == list(ref)
+    rows = compare(acts, ref, rtol=1e-5)
+    print(format_rows(rows, f"{be.name}: recorded activation vs its definition (float64 numpy)"))
+    assert all(r.ok for r in rows)
+    # ReLU outputs (stem.relu, relu1, each Residual's output) hold no negative value
+    assert all((acts[k] >= 0).all() for k in acts if k.endswith(("relu", "relu1"))
+               or k.count(".") == 2)
