@@ -20,7 +20,7 @@ from common import (
     resnet18_spec,
 )
 
-from .conftest import make_input
+from .conftest import backend_or_skip, make_input
 
 UNITS = [ResidualSpec(3, 6, use_1x1conv=True, strides=2),
          ResidualSpec(5, 5),
@@ -234,3 +234,18 @@ def test_float64_twin(be, tiny):
     assert all(a.dtype == np.float64 for a in be.activations(m64, x).values())
     with pytest.raises(ValueError, match="dtype must be one of"):
         be.build(tiny, dtype="float16")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_pytorch_modules_mode_is_left_as_the_caller_set_it(tiny, mode):
+    """PyTorch keeps train/eval mode on the module itself: forward, activations, gradients and
+    sgd_step switch it for their own work and put it back."""
+    be = backend_or_skip("torch")
+    model = be.build(tiny)
+    model.train(mode == "train")
+    x, y = make_input((2, 3, 16, 16)), np.array([0, 1])
+    for call in (lambda: be.forward(model, x), lambda: be.forward(model, x, training=True),
+                 lambda: be.activations(model, x), lambda: be.activations(model, x, training=True),
+                 lambda: be.gradients(model, x, y), lambda: be.sgd_step(model, x, y, 0.01)):
+        call()
+        assert all(m.training == (mode == "train") for m in model.modules())

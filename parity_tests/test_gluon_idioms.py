@@ -238,3 +238,18 @@ def test_devices_never_raise_and_cpu_comes_first(be):
     assert devices[0] == "cpu" and set(devices) <= {"cpu", "gpu"}
     if not mx.runtime.Features().is_enabled("CUDA"):
         assert devices == ["cpu"]
+
+
+def test_eval_inside_a_callers_record_still_uses_running_statistics(be):
+    """Inside a caller's ``autograd.record()`` Gluon's BatchNorm would use batch statistics;
+    the backend's eval-mode forward and activations use the running ones there too."""
+    model = _loaded(be, SMALL, seed=7)
+    x = make_input((2, 1, 20, 20))
+    outside, acts = be.forward(model, x), be.activations(model, x)
+    with autograd.record():
+        inside, inside_acts = be.forward(model, x), be.activations(model, x)
+    assert diff(inside, outside)[1] == 0
+    assert all(np.array_equal(inside_acts[k], acts[k]) for k in acts)
+    with autograd.record(), autograd.train_mode():  # what the backend guards against
+        raw = model(mx.nd.array(x)).asnumpy()
+    assert diff(raw, outside)[1] > 1e-2
