@@ -1,4 +1,4 @@
-"""d2l's ResNet code as the chapter prints it (seeds/003), for the trap tests.
+"""d2l's ResNet code as the chapter prints it (the pre-1.0 edition, section 7.6), for the traps.
 
 Kept verbatim on purpose, including what the suite fixes: the Keras version pads stride-2
 convolutions and the max pool with ``padding='same'`` (asymmetric) and leaves BatchNorm at
