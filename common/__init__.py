@@ -8,11 +8,14 @@ framework package only when one is asked for. ``docs/architecture.md`` describes
 from .core.backend import BaseBackend, Convention, SGDConfig
 from .core.compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, format_rows, worst
 from .core.spec import (
+    ARCHITECTURES,
+    BottleneckSpec,
     Layer,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
     Unit,
+    architecture,
     num_inputs,
     num_outputs,
     param_shapes,
@@ -32,10 +35,11 @@ from .tools.registry import (
 )
 
 __all__ = [
-    "BACKEND_NAMES", "BackendUnavailable", "BaseBackend", "Convention", "EVAL_RTOL_CPU",
-    "EVAL_RTOL_GPU", "Layer", "ResNetSpec", "ResidualSpec", "ResnetBlockSpec", "Row",
-    "SGDConfig", "State", "Unit", "activation_names", "canonical_name", "compare", "diff",
-    "format_rows", "get_backend", "install_hint", "load_state_file", "num_inputs", "num_outputs",
-    "param_shapes", "random_state", "resnet18_spec", "save_state", "spec_from_dict",
-    "spec_from_json", "torchvision_resnet18_spec", "validate_state", "worst", "xavier_state",
+    "activation_names", "architecture", "ARCHITECTURES", "BACKEND_NAMES", "BackendUnavailable",
+    "BaseBackend", "BottleneckSpec", "canonical_name", "compare", "Convention", "diff",
+    "EVAL_RTOL_CPU", "EVAL_RTOL_GPU", "format_rows", "get_backend", "install_hint", "Layer",
+    "load_state_file", "num_inputs", "num_outputs", "param_shapes", "random_state",
+    "ResidualSpec", "resnet18_spec", "ResnetBlockSpec", "ResNetSpec", "Row", "save_state",
+    "SGDConfig", "spec_from_dict", "spec_from_json", "State", "torchvision_resnet18_spec", "Unit",
+    "validate_state", "worst", "xavier_state",
 ]

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from common import (
+    ARCHITECTURES,
+    BottleneckSpec,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
     activation_names,
+    architecture,
     load_state_file,
     param_shapes,
     random_state,
@@ -77,7 +80,13 @@ def test_spec_json_round_trip(unit):
     (dict(in_channels=0), "in_channels"),
     (dict(bn_eps=0.0), "bn_eps"),
     (dict(bn_momentum=1.5), "bn_momentum"),
-    (dict(stage_channels=(32, 128, 256, 512)), "stem_channels"),
+    (dict(block="bottleneck", stage_channels=(256, 512, 1026, 2048)), r"stage_channels\[2\]=1026"),
+    (dict(block="resnext"), "block must be one of"),
+    (dict(groups=32), "basic blocks take groups=1"),
+    (dict(block="bottleneck", stage_channels=(256, 512, 1024, 2048), stride_at="2x2"), "stride_at"),
+    (dict(labels=("cat", "dog")), "labels names 2 classes, num_classes is 10"),
+    (dict(num_classes=2, labels=("cat", "cat")), "labels must be distinct"),
+    (dict(width_per_group=0), "width_per_group"),
 ])
 def test_bad_spec_names_the_field(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -221,3 +230,85 @@ def test_saved_files_get_a_new_files_mode(tmp_path, tiny):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# -- the family -----------------------------------------------------------------------------------
+
+# Trainable parameters torchvision publishes for its models (torchvision.models documentation).
+TORCHVISION_PARAMETERS = {
+    "torchvision-resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+}
+
+
+def trainable(spec) -> int:
+    return sum(int(np.prod(s)) for k, s in param_shapes(spec).items()
+               if not k.endswith(("running_mean", "running_var")))
+
+
+@pytest.mark.parametrize("name", TORCHVISION_PARAMETERS)
+def test_family_members_have_torchvisions_parameter_counts(name):
+    assert trainable(architecture(name)) == TORCHVISION_PARAMETERS[name]
+
+
+def test_every_named_member_builds_and_round_trips_through_json():
+    for name, make in ARCHITECTURES.items():
+        spec = make()
+        assert spec == architecture(name) and spec_from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="unknown architecture 'resnet51'"):
+        architecture("resnet51")
+    assert architecture("resnet50", num_classes=4).num_classes == 4
+
+
+def test_bottleneck_widths_follow_torchvision():
+    """3x3 width = stage_channels // 4 * width_per_group // 64 * groups."""
+    assert [architecture("resnet50").bottleneck_channels(i) for i in range(4)] == [64, 128, 256, 512]
+    assert [architecture("resnext50_32x4d").bottleneck_channels(i) for i in range(4)] == [
+        128, 256, 512, 1024]
+    assert architecture("wide_resnet50_2").bottleneck_channels(0) == 128
+    shapes = param_shapes(architecture("resnext50_32x4d"))
+    assert shapes["stages.0.0.conv2.weight"] == (128, 4, 3, 3)          # 32 groups of 4 channels
+    assert shapes["stages.0.0.conv3.weight"] == (256, 128, 1, 1)
+    assert shapes["stages.0.0.shortcut.weight"] == (256, 64, 1, 1)      # stage 0 projects, stride 1
+    assert "stages.0.1.shortcut.weight" not in shapes
+
+
+def test_where_a_bottleneck_downsamples():
+    """The first block of every stage but the first halves the size, with the stride on the 3x3
+    conv (v1.5) or the first 1x1 (v1); Hugging Face's downsample_in_first_stage moves stage 0 too."""
+    v15, v1 = architecture("resnet50"), architecture("resnet50_v1")
+    first = [stage.residuals()[0] for stage in v15.stages()]
+    assert [(b.strides, b.use_1x1conv) for b in first] == [(1, True), (2, True), (2, True), (2, True)]
+    assert {b.stride_at for b in first} == {"3x3"}
+    assert {b.stride_at for stage in v1.stages() for b in stage.residuals()} == {"1x1"}
+    moved = architecture("resnet50", downsample_in_first_stage=True)
+    assert moved.stages()[0].residuals()[0].strides == 2
+    assert list(moved.output_shapes(1, 64, 64).values())[1] == (1, 256, 8, 8)
+    assert list(v15.output_shapes(1, 224, 224).values())[1:5] == [
+        (1, 256, 56, 56), (1, 512, 28, 28), (1, 1024, 14, 14), (1, 2048, 7, 7)]
+
+
+def test_a_bottleneck_block_is_refused_when_it_makes_no_sense():
+    with pytest.raises(ValueError, match="bottleneck_channels \\(30\\) must be divisible by groups \\(4\\)"):
+        BottleneckSpec(bottleneck_channels=30, groups=4)
+    with pytest.raises(ValueError, match="must keep the shape"):
+        BottleneckSpec(input_channels=64, num_channels=256)
+    with pytest.raises(ValueError, match="bottleneck_channels is for bottleneck blocks"):
+        ResnetBlockSpec(bottleneck_channels=16)
+
+
+def test_labels_travel_with_the_spec():
+    spec = architecture("resnet50", num_classes=4, labels=["airplane", "automobile", "ship", "truck"])
+    assert spec.labels == ("airplane", "automobile", "ship", "truck")
+    assert spec_from_json(spec.to_json()).labels[2] == "ship"
+
+
+def test_d2l_resnet18_keeps_d2ls_blocks():
+    """The general rule (a 1x1 conv shortcut where a block changes the shape) gives d2l's
+    ResNet-18 exactly d2l's blocks: only the first block of stages 1-3 has one, at stride 2."""
+    blocks = [(b.strides, b.use_1x1conv) for stage in resnet18_spec().stages()
+              for b in stage.residuals()]
+    assert blocks == [(1, False), (1, False), (2, True), (1, False), (2, True), (1, False),
+                      (2, True), (1, False)]

@@ -1,10 +1,12 @@
 """Architecture specs: the single source of truth every framework builds from.
 
-Three units can be built, exported and traced in every backend:
+Four units can be built, exported and traced in every backend:
 
-* :class:`ResNetSpec`       -- the whole network (d2l's ResNet-18 by default);
+* :class:`ResNetSpec`       -- the whole network: d2l's ResNet-18 by default, and the family
+  (ResNet-18 to 152, v1 and v1.5 bottlenecks, ResNeXt, wide) through :data:`ARCHITECTURES`;
 * :class:`ResnetBlockSpec`  -- one stage, d2l's ``resnet_block``;
-* :class:`ResidualSpec`     -- one d2l ``Residual`` block.
+* :class:`ResidualSpec`     -- one d2l ``Residual`` block (two 3x3 convs);
+* :class:`BottleneckSpec`   -- one bottleneck block (1x1, grouped 3x3, 1x1), He et al. 2016.
 
 Each unit lists its parametrised layers (:meth:`layers`): the layer table. A row holds the
 canonical name, the attribute path that reaches the layer in *every* framework's model, the
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 # BatchNorm momentum is stated once, in PyTorch's convention: the weight of the *new* batch
 # statistic in the running average (running = (1 - m) * running + m * batch). Keras and Gluon
@@ -38,8 +40,9 @@ class Layer:
         return [f"{self.name}.{p}" for p in self.shapes]
 
 
-def _conv(name: str, attr: tuple, cin: int, cout: int, k: int, bias: bool) -> Layer:
-    shapes = {"weight": (cout, cin, k, k)}
+def _conv(name: str, attr: tuple, cin: int, cout: int, k: int, bias: bool,
+          groups: int = 1) -> Layer:
+    shapes = {"weight": (cout, cin // groups, k, k)}
     if bias:
         shapes["bias"] = (cout,)
     return Layer(name, attr, "conv", shapes)
@@ -121,34 +124,115 @@ class ResidualSpec(_Options):
         return (n, self.num_channels, _conv_out(h, 3, self.strides, 1), _conv_out(w, 3, self.strides, 1))
 
 
+BLOCKS = ("basic", "bottleneck")
+STRIDE_AT = ("1x1", "3x3")   # where a bottleneck's stride sits: v1 (first 1x1) or v1.5 (3x3)
+EXPANSION = 4                 # a bottleneck's output channels over its stage's base width
+
+
+@dataclass(frozen=True)
+class BottleneckSpec(_Options):
+    """A bottleneck block: 1x1 conv to ``bottleneck_channels``, 3x3 conv (in ``groups``:
+    ResNeXt), 1x1 conv to ``num_channels``, each with BatchNorm; an optional 1x1 conv shortcut.
+
+    ``stride_at`` says where the stride sits: ``"3x3"`` (v1.5: torchvision, Hugging Face) or
+    ``"1x1"`` (v1: the paper, keras.applications, GluonCV v1). The attribute names number the
+    convs as d2l's ``Residual`` does: ``conv1``..``conv3`` on the main path, ``conv4`` (and
+    ``bn4``) on the shortcut, whose canonical names are ``shortcut`` and ``shortcut_bn``.
+    """
+
+    input_channels: int = 256
+    num_channels: int = 256
+    bottleneck_channels: int = 64
+    use_1x1conv: bool = False
+    strides: int = 1
+    groups: int = 1
+    stride_at: str = "3x3"
+
+    def __post_init__(self) -> None:
+        self._check_options()
+        _positive(input_channels=self.input_channels, num_channels=self.num_channels,
+                  bottleneck_channels=self.bottleneck_channels, strides=self.strides,
+                  groups=self.groups)
+        if self.stride_at not in STRIDE_AT:
+            raise ValueError(f"stride_at must be one of {STRIDE_AT}, got {self.stride_at!r}")
+        if self.bottleneck_channels % self.groups:
+            raise ValueError(f"bottleneck_channels ({self.bottleneck_channels}) must be divisible "
+                             f"by groups ({self.groups})")
+        if not self.use_1x1conv and (self.strides != 1 or self.input_channels != self.num_channels):
+            raise ValueError(
+                "a Bottleneck without 1x1 conv shortcut must keep the shape: got "
+                f"input_channels={self.input_channels}, num_channels={self.num_channels}, "
+                f"strides={self.strides}; pass use_1x1conv=True")
+
+    def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
+        b, cin, mid, c = self.conv_bias, self.input_channels, self.bottleneck_channels, self.num_channels
+        out = [
+            _conv(_join(prefix, "conv1"), attr + ("conv1",), cin, mid, 1, b),
+            _bn(_join(prefix, "bn1"), attr + ("bn1",), mid),
+            _conv(_join(prefix, "conv2"), attr + ("conv2",), mid, mid, 3, b, self.groups),
+            _bn(_join(prefix, "bn2"), attr + ("bn2",), mid),
+            _conv(_join(prefix, "conv3"), attr + ("conv3",), mid, c, 1, b),
+            _bn(_join(prefix, "bn3"), attr + ("bn3",), c),
+        ]
+        if self.use_1x1conv:
+            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv4",), cin, c, 1, b))
+            if self.shortcut_bn:
+                out.append(_bn(_join(prefix, "shortcut_bn"), attr + ("bn4",), c))
+        return out
+
+    def output_shape(self, shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        n, _, h, w = shape
+        return (n, self.num_channels, _conv_out(h, 3, self.strides, 1), _conv_out(w, 3, self.strides, 1))
+
+
 @dataclass(frozen=True)
 class ResnetBlockSpec(_Options):
-    """d2l's ``resnet_block``: ``num_residuals`` Residuals; all but the first stage downsample."""
+    """d2l's ``resnet_block``: ``num_residuals`` blocks; the first halves height and width
+    unless ``first_block``, and gets a 1x1 conv shortcut where it changes the shape.
+
+    ``block`` is ``"basic"`` (d2l's Residual) or ``"bottleneck"``; the bottleneck's width,
+    groups and stride placement come with it.
+    """
 
     input_channels: int = 64
     num_channels: int = 64
     num_residuals: int = 2
     first_block: bool = False
+    block: str = "basic"
+    bottleneck_channels: int = 0      # bottleneck blocks only
+    groups: int = 1
+    stride_at: str = "3x3"
 
     def __post_init__(self) -> None:
         self._check_options()
         _positive(input_channels=self.input_channels, num_channels=self.num_channels,
-                  num_residuals=self.num_residuals)
-        if self.first_block and self.input_channels != self.num_channels:
-            raise ValueError(
-                "the first block keeps the channel count (d2l): got "
-                f"input_channels={self.input_channels}, num_channels={self.num_channels}")
+                  num_residuals=self.num_residuals, groups=self.groups)
+        _check_block(self.block, self.groups, self.stride_at)
+        if self.block == "bottleneck":
+            _positive(bottleneck_channels=self.bottleneck_channels)
+        elif self.bottleneck_channels:
+            raise ValueError("bottleneck_channels is for bottleneck blocks; "
+                             f"got {self.bottleneck_channels} with block='basic'")
 
-    def residuals(self) -> list[ResidualSpec]:
-        """The Residual specs in order, exactly as d2l's ``resnet_block`` builds them."""
+    def block_options(self) -> dict[str, Any]:
+        """What a bottleneck takes beside the shared options (nothing for a basic block)."""
+        if self.block == "basic":
+            return {}
+        return {"bottleneck_channels": self.bottleneck_channels, "groups": self.groups,
+                "stride_at": self.stride_at}
+
+    def residuals(self) -> list[Union[ResidualSpec, BottleneckSpec]]:
+        """The block specs in order, as d2l's ``resnet_block`` builds them: the first
+        downsamples (stride 2) unless ``first_block``, and has a 1x1 conv shortcut where its
+        shape changes; d2l's ResNet-18 gets exactly d2l's blocks."""
+        make = ResidualSpec if self.block == "basic" else BottleneckSpec
         out = []
         for i in range(self.num_residuals):
-            if i == 0 and not self.first_block:
-                out.append(ResidualSpec(**self.options(), input_channels=self.input_channels,
-                                        num_channels=self.num_channels, use_1x1conv=True, strides=2))
-            else:
-                out.append(ResidualSpec(**self.options(), input_channels=self.num_channels,
-                                        num_channels=self.num_channels))
+            cin = self.input_channels if i == 0 else self.num_channels
+            strides = 2 if i == 0 and not self.first_block else 1
+            out.append(make(**self.options(), **self.block_options(), input_channels=cin,
+                            num_channels=self.num_channels, strides=strides,
+                            use_1x1conv=strides != 1 or cin != self.num_channels))
         return out
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
@@ -158,7 +242,13 @@ class ResnetBlockSpec(_Options):
 
 @dataclass(frozen=True)
 class ResNetSpec(_Options):
-    """A d2l-style ResNet: stem (conv, BN, ReLU, max pool), stages of Residuals, head."""
+    """A ResNet: stem (conv, BN, ReLU, max pool), stages of blocks, head (pool, flatten, fc).
+
+    d2l's ResNet-18 by default. ``block``, ``groups``, ``width_per_group`` and ``stride_at``
+    make the family: bottleneck blocks whose 3x3 conv is ``stage_channels[i] // 4 *
+    width_per_group // 64 * groups`` wide, as torchvision computes it (ResNeXt-50 32x4d: 128 in
+    the first stage; Wide ResNet-50-2: ``width_per_group=128``). ``labels`` names the classes.
+    """
 
     name: str = "resnet18"
     in_channels: int = 1
@@ -169,15 +259,23 @@ class ResNetSpec(_Options):
     stem_pool: bool = True          # 3x3 stride-2 max pool with padding 1
     stage_channels: tuple[int, ...] = (64, 128, 256, 512)
     stage_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    block: str = "basic"            # or "bottleneck"
+    groups: int = 1                 # of each bottleneck's 3x3 conv (ResNeXt's cardinality)
+    width_per_group: int = 64       # torchvision's base_width (ResNeXt 4 or 8; wide 128)
+    stride_at: str = "3x3"          # a bottleneck's stride: "3x3" (v1.5) or "1x1" (v1)
+    downsample_in_first_stage: bool = False  # Hugging Face's option: stage 0 at stride 2
+    labels: tuple[str, ...] = ()    # class names, index i is class i (empty: unnamed)
 
     def __post_init__(self) -> None:
         # JSON gives lists; the spec is frozen and hashable, so store tuples.
         object.__setattr__(self, "stage_channels", tuple(int(c) for c in self.stage_channels))
         object.__setattr__(self, "stage_blocks", tuple(int(b) for b in self.stage_blocks))
+        object.__setattr__(self, "labels", tuple(self.labels))
         self._check_options()
         _positive(in_channels=self.in_channels, num_classes=self.num_classes,
                   stem_channels=self.stem_channels, stem_kernel=self.stem_kernel,
-                  stem_stride=self.stem_stride)
+                  stem_stride=self.stem_stride, groups=self.groups,
+                  width_per_group=self.width_per_group)
         if self.stem_kernel % 2 == 0:
             raise ValueError(f"stem_kernel must be odd, got {self.stem_kernel}")
         if not self.stage_channels or len(self.stage_channels) != len(self.stage_blocks):
@@ -185,20 +283,41 @@ class ResNetSpec(_Options):
                              f"got {self.stage_channels} and {self.stage_blocks}")
         _positive(**{f"stage_channels[{i}]": c for i, c in enumerate(self.stage_channels)},
                   **{f"stage_blocks[{i}]": b for i, b in enumerate(self.stage_blocks)})
-        if self.stage_channels[0] != self.stem_channels:
-            raise ValueError("the first stage keeps the stem's channels (d2l's first_block): "
-                             f"stem_channels={self.stem_channels}, "
-                             f"stage_channels[0]={self.stage_channels[0]}")
+        _check_block(self.block, self.groups, self.stride_at, self.width_per_group)
+        if self.block == "bottleneck":
+            for i, c in enumerate(self.stage_channels):
+                if c % EXPANSION or (c // EXPANSION * self.width_per_group) % 64:
+                    raise ValueError(
+                        f"stage_channels[{i}]={c} gives no whole bottleneck width: it must be "
+                        f"divisible by {EXPANSION}, and stage_channels[{i}] // {EXPANSION} * "
+                        f"width_per_group ({self.width_per_group}) by 64")
+        if self.labels:
+            if len(self.labels) != self.num_classes:
+                raise ValueError(f"labels names {len(self.labels)} classes, num_classes is "
+                                 f"{self.num_classes}")
+            if not all(isinstance(label, str) and label for label in self.labels):
+                raise ValueError("labels must be non-empty strings")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"labels must be distinct, got {list(self.labels)}")
 
     @property
     def stem_padding(self) -> int:
         return self.stem_kernel // 2
 
+    def bottleneck_channels(self, stage: int) -> int:
+        """The width of stage ``stage``'s bottleneck 3x3 convs (0 for basic blocks)."""
+        if self.block == "basic":
+            return 0
+        return self.stage_channels[stage] // EXPANSION * self.width_per_group // 64 * self.groups
+
     def stages(self) -> list[ResnetBlockSpec]:
         out, cin = [], self.stem_channels
         for i, (c, n) in enumerate(zip(self.stage_channels, self.stage_blocks)):
-            out.append(ResnetBlockSpec(**self.options(), input_channels=cin, num_channels=c,
-                                       num_residuals=n, first_block=(i == 0)))
+            out.append(ResnetBlockSpec(
+                **self.options(), input_channels=cin, num_channels=c, num_residuals=n,
+                first_block=(i == 0 and not self.downsample_in_first_stage), block=self.block,
+                bottleneck_channels=self.bottleneck_channels(i), groups=self.groups,
+                stride_at=self.stride_at))
             cin = c
         return out
 
@@ -237,8 +356,8 @@ class ResNetSpec(_Options):
         return shapes
 
 
-Unit = Union[ResNetSpec, ResnetBlockSpec, ResidualSpec]
-_UNITS = {cls.__name__: cls for cls in (ResNetSpec, ResnetBlockSpec, ResidualSpec)}
+Unit = Union[ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec]
+_UNITS = {cls.__name__: cls for cls in (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec)}
 
 
 def spec_from_dict(d: dict[str, Any]) -> Unit:
@@ -279,6 +398,88 @@ def torchvision_resnet18_spec(in_channels: int = 3, num_classes: int = 1000,
                                                   **options})
 
 
+def _torchvision(arch: str, block: str, blocks: tuple[int, ...], **options: Any) -> ResNetSpec:
+    """A torchvision (and Hugging Face) ResNet: 3 input channels, 1000 classes, no conv bias,
+    BatchNorm on the shortcut, a bottleneck's stride on its 3x3 conv (v1.5)."""
+    widths = (64, 128, 256, 512) if block == "basic" else (256, 512, 1024, 2048)
+    return ResNetSpec(**{"name": arch, "in_channels": 3, "num_classes": 1000, "conv_bias": False,
+                         "shortcut_bn": True, "block": block, "stage_channels": widths,
+                         "stage_blocks": blocks, **options})
+
+
+def resnet34_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnet34", "basic", (3, 4, 6, 3), **options)
+
+
+def resnet50_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnet50", "bottleneck", (3, 4, 6, 3), **options)
+
+
+def resnet101_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnet101", "bottleneck", (3, 4, 23, 3), **options)
+
+
+def resnet152_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnet152", "bottleneck", (3, 8, 36, 3), **options)
+
+
+def resnext50_32x4d_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnext50_32x4d", "bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4,
+                        **options)
+
+
+def resnext101_32x8d_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnext101_32x8d", "bottleneck", (3, 4, 23, 3), groups=32,
+                        width_per_group=8, **options)
+
+
+def resnext101_64x4d_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("resnext101_64x4d", "bottleneck", (3, 4, 23, 3), groups=64,
+                        width_per_group=4, **options)
+
+
+def wide_resnet50_2_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("wide_resnet50_2", "bottleneck", (3, 4, 6, 3), width_per_group=128,
+                        **options)
+
+
+def wide_resnet101_2_spec(**options: Any) -> ResNetSpec:
+    return _torchvision("wide_resnet101_2", "bottleneck", (3, 4, 23, 3), width_per_group=128,
+                        **options)
+
+
+def resnet50_v1_spec(**options: Any) -> ResNetSpec:
+    """ResNet-50 v1 as the paper and keras.applications have it: the stride on each stage's first
+    1x1 conv, conv biases, BatchNorm eps 1.001e-5 (keras.applications' value)."""
+    return resnet50_spec(**{"name": "resnet50_v1", "stride_at": "1x1", "conv_bias": True,
+                            "bn_eps": 1.001e-5, **options})
+
+
+# The standard members by name (what --arch says). resnet18 is d2l's, the suite's default; the
+# others are torchvision's and Hugging Face's layout (v1.5), except resnet50_v1.
+ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
+    "resnet18": resnet18_spec,
+    "torchvision-resnet18": torchvision_resnet18_spec,
+    "resnet34": resnet34_spec,
+    "resnet50": resnet50_spec,
+    "resnet101": resnet101_spec,
+    "resnet152": resnet152_spec,
+    "resnext50_32x4d": resnext50_32x4d_spec,
+    "resnext101_32x8d": resnext101_32x8d_spec,
+    "resnext101_64x4d": resnext101_64x4d_spec,
+    "wide_resnet50_2": wide_resnet50_2_spec,
+    "wide_resnet101_2": wide_resnet101_2_spec,
+    "resnet50_v1": resnet50_v1_spec,
+}
+
+
+def architecture(name: str, **options: Any) -> ResNetSpec:
+    """The standard member ``name`` (see :data:`ARCHITECTURES`), with ``options`` changed."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name](**options)
+
+
 def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
     """Canonical parameter name -> shape, in layer order."""
     return {f"{layer.name}.{p}": s for layer in unit.layers() for p, s in layer.shapes.items()}
@@ -292,6 +493,17 @@ def num_inputs(unit: Unit) -> int:
 def num_outputs(unit: Unit) -> int:
     """Classes of the loss: the network's classes, or a lone block's output channels."""
     return unit.num_classes if isinstance(unit, ResNetSpec) else unit.num_channels
+
+
+def _check_block(block: str, groups: int, stride_at: str, width_per_group: int = 64) -> None:
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+    if stride_at not in STRIDE_AT:
+        raise ValueError(f"stride_at must be one of {STRIDE_AT}, got {stride_at!r}")
+    if block == "basic" and (groups != 1 or width_per_group != 64 or stride_at != "3x3"):
+        raise ValueError("basic blocks take groups=1, width_per_group=64 and stride_at='3x3' (as "
+                         f"torchvision's BasicBlock); got groups={groups}, width_per_group="
+                         f"{width_per_group}, stride_at={stride_at!r}")
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:

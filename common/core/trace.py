@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
+from .spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
 
 
 class TraceOps(Protocol):
@@ -74,10 +74,37 @@ def _walk_residual(r: ResidualSpec, ops: TraceOps, x: Any, prefix: str, attr: tu
     return y
 
 
+def _walk_bottleneck(r: BottleneckSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
+                     rec: Record) -> Any:
+    def step(name: str, layer_attr: str, v: Any) -> Any:
+        v = ops.call(ops.layer(attr + (layer_attr,)), v)
+        rec(f"{prefix}.{name}", v)
+        return v
+
+    y = x
+    for k in (1, 2):
+        y = step(f"bn{k}", f"bn{k}", step(f"conv{k}", f"conv{k}", y))
+        y = ops.relu(y)
+        rec(f"{prefix}.relu{k}", y)
+    y = step("bn3", "bn3", step("conv3", "conv3", y))
+    if r.use_1x1conv:
+        x = step("shortcut", "conv4", x)
+        if r.shortcut_bn:
+            x = step("shortcut_bn", "bn4", x)
+    y = ops.relu(ops.add(y, x))
+    rec(prefix, y)
+    return y
+
+
+def _walk_unit(r: Any, ops: TraceOps, x: Any, prefix: str, attr: tuple, rec: Record) -> Any:
+    walk_block = _walk_bottleneck if isinstance(r, BottleneckSpec) else _walk_residual
+    return walk_block(r, ops, x, prefix, attr, rec)
+
+
 def _walk_block(b: ResnetBlockSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
                 rec: Record) -> Any:
     for i, r in enumerate(b.residuals()):
-        x = _walk_residual(r, ops, x, f"{prefix}.{i}" if prefix else str(i), attr + (i,), rec)
+        x = _walk_unit(r, ops, x, f"{prefix}.{i}" if prefix else str(i), attr + (i,), rec)
     return x
 
 
@@ -106,13 +133,13 @@ def walk(unit: Unit, ops: TraceOps, x: Any, rec: Record) -> Any:
         return _walk_resnet(unit, ops, x, rec)
     if isinstance(unit, ResnetBlockSpec):
         return _walk_block(unit, ops, x, "", (), rec)
-    if isinstance(unit, ResidualSpec):
-        return _walk_residual(unit, ops, x, "out", (), _rename_root(rec))
+    if isinstance(unit, (ResidualSpec, BottleneckSpec)):
+        return _walk_unit(unit, ops, x, "out", (), _rename_root(rec))
     raise TypeError(f"not a unit spec: {type(unit).__name__}")
 
 
 def _rename_root(rec: Record) -> Record:
-    # A lone Residual has no path of its own: its sub-layers are "conv1", ..., its output "out".
+    # A lone block has no path of its own: its sub-layers are "conv1", ..., its output "out".
     return lambda name, v: rec(name[4:] if name.startswith("out.") else name, v)
 
 
