@@ -9,9 +9,15 @@ import numpy as np
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None, stride: int = 1,
-           padding: Optional[int] = None) -> np.ndarray:
-    """Cross-correlation of NCHW ``x`` with ``w`` ``(out, in, kh, kw)``, zero padding
-    (default ``k // 2`` on each side, PyTorch's ``padding=k//2``), then the bias."""
+           padding: Optional[int] = None, groups: int = 1) -> np.ndarray:
+    """Cross-correlation of NCHW ``x`` with ``w`` ``(out, in / groups, kh, kw)``, zero padding
+    (default ``k // 2`` on each side, PyTorch's ``padding=k//2``), then the bias. With
+    ``groups``, output channel block g sees input channel block g only."""
+    if groups > 1:
+        xs, ws = np.split(np.asarray(x), groups, axis=1), np.split(np.asarray(w), groups, axis=0)
+        out = np.concatenate([conv2d(xg, wg, None, stride, padding) for xg, wg in zip(xs, ws)],
+                             axis=1)
+        return out if b is None else out + np.asarray(b, np.float64)[None, :, None, None]
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     kh, kw = w.shape[2:]
     ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from common import ResNetSpec, random_state, save_state, torchvision_resnet18_spec
+from common import ResNetSpec, architecture, random_state, save_state, torchvision_resnet18_spec
 from common.tools.bench import conv_macs, run, worker
 
 from .conftest import backend_or_skip
@@ -19,24 +19,29 @@ TINY = ResNetSpec(name="tiny", in_channels=1, num_classes=10, stem_channels=8,
 
 
 def test_macs_match_a_count_of_the_torch_modules():
-    """MACs from the spec equal a count over the real torch model's convs and dense layer,
-    and torchvision's ResNet-18 at 224x224 is the published 1.81 GMACs."""
+    """MACs from the spec equal a count over the real torch model's convs and dense layer
+    (grouped and v1 bottlenecks included), and torchvision's members at 224x224 have their
+    published counts."""
     torch = pytest.importorskip("torch")
     be = backend_or_skip("torch")
-    for spec, size in ((torchvision_resnet18_spec(), 224), (TINY, 33)):
+    for spec, size in ((torchvision_resnet18_spec(), 224), (TINY, 33),
+                       (architecture("resnext50_32x4d"), 64), (architecture("resnet50_v1"), 45)):
         model, macs = be.build(spec), []
 
         def hook(module, inputs, output):
             if isinstance(module, torch.nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
-                macs.append(output[0].numel() * module.in_channels * k)
+                macs.append(output[0].numel() * module.in_channels // module.groups * k)
             elif isinstance(module, torch.nn.Linear):
                 macs.append(module.in_features * module.out_features)
         for m in model.modules():
             m.register_forward_hook(hook)
         model.eval()(torch.zeros(1, spec.in_channels, size, size))
         assert conv_macs(spec, size) == sum(macs)
-    assert conv_macs(torchvision_resnet18_spec(), 224) == pytest.approx(1.81e9, rel=0.01)
+    # torchvision's published GFLOPS (multiply-accumulates) at 224x224
+    for name, gmacs in (("torchvision-resnet18", 1.81), ("resnet50", 4.09), ("resnet152", 11.51),
+                        ("resnext50_32x4d", 4.23), ("wide_resnet50_2", 11.40)):
+        assert conv_macs(architecture(name), 224) == pytest.approx(gmacs * 1e9, rel=0.005), name
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 
 from common import (
     EVAL_RTOL_CPU,
+    BottleneckSpec,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
@@ -25,7 +26,11 @@ from .conftest import backend_or_skip, make_input
 UNITS = [ResidualSpec(3, 6, use_1x1conv=True, strides=2),
          ResidualSpec(5, 5),
          ResidualSpec(3, 6, use_1x1conv=True, strides=2, conv_bias=False, shortcut_bn=True),
-         ResnetBlockSpec(input_channels=4, num_channels=8, num_residuals=2)]
+         ResnetBlockSpec(input_channels=4, num_channels=8, num_residuals=2),
+         BottleneckSpec(3, 8, 4, use_1x1conv=True, strides=2, groups=2, conv_bias=False,
+                        shortcut_bn=True),
+         ResnetBlockSpec(input_channels=4, num_channels=16, num_residuals=2, first_block=True,
+                         block="bottleneck", bottleneck_channels=4)]
 
 
 def test_build_default_is_resnet18(be):

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common import ResNetSpec, compare, format_rows, random_state
+from common import BottleneckSpec, ResNetSpec, compare, format_rows, random_state
 
 from . import numpy_reference as ref_np
 from .conftest import make_input
@@ -24,9 +24,9 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     A = lambda name: acts[name].astype(np.float64)   # noqa: E731
     ref: dict[str, np.ndarray] = {}
 
-    def conv(layer, inp, stride):
+    def conv(layer, inp, stride, groups=1):
         bias = S(f"{layer}.bias") if f"{layer}.bias" in state else None
-        return ref_np.conv2d(inp, S(f"{layer}.weight"), bias, stride)
+        return ref_np.conv2d(inp, S(f"{layer}.weight"), bias, stride, groups=groups)
 
     def bn(layer, inp):
         return ref_np.batch_norm(inp, *(S(f"{layer}.{p}") for p in
@@ -43,11 +43,24 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     for i, stage in enumerate(spec.stages()):
         for j, r in enumerate(stage.residuals()):
             p = f"stages.{i}.{j}"
-            ref[f"{p}.conv1"] = conv(f"{p}.conv1", A(prev), r.strides)
-            ref[f"{p}.bn1"] = bn(f"{p}.bn1", A(f"{p}.conv1"))
-            ref[f"{p}.relu1"] = ref_np.relu(A(f"{p}.bn1"))
-            ref[f"{p}.conv2"] = conv(f"{p}.conv2", A(f"{p}.relu1"), 1)
-            ref[f"{p}.bn2"] = bn(f"{p}.bn2", A(f"{p}.conv2"))
+            if isinstance(r, BottleneckSpec):  # 1x1, grouped 3x3, 1x1; the stride on stride_at
+                s1, s3 = (r.strides, 1) if r.stride_at == "1x1" else (1, r.strides)
+                ref[f"{p}.conv1"] = conv(f"{p}.conv1", A(prev), s1)
+                ref[f"{p}.bn1"] = bn(f"{p}.bn1", A(f"{p}.conv1"))
+                ref[f"{p}.relu1"] = ref_np.relu(A(f"{p}.bn1"))
+                ref[f"{p}.conv2"] = conv(f"{p}.conv2", A(f"{p}.relu1"), s3, r.groups)
+                ref[f"{p}.bn2"] = bn(f"{p}.bn2", A(f"{p}.conv2"))
+                ref[f"{p}.relu2"] = ref_np.relu(A(f"{p}.bn2"))
+                ref[f"{p}.conv3"] = conv(f"{p}.conv3", A(f"{p}.relu2"), 1)
+                ref[f"{p}.bn3"] = bn(f"{p}.bn3", A(f"{p}.conv3"))
+                last = f"{p}.bn3"
+            else:                               # d2l's Residual: two 3x3 convs
+                ref[f"{p}.conv1"] = conv(f"{p}.conv1", A(prev), r.strides)
+                ref[f"{p}.bn1"] = bn(f"{p}.bn1", A(f"{p}.conv1"))
+                ref[f"{p}.relu1"] = ref_np.relu(A(f"{p}.bn1"))
+                ref[f"{p}.conv2"] = conv(f"{p}.conv2", A(f"{p}.relu1"), 1)
+                ref[f"{p}.bn2"] = bn(f"{p}.bn2", A(f"{p}.conv2"))
+                last = f"{p}.bn2"
             shortcut = A(prev)
             if r.use_1x1conv:
                 ref[f"{p}.shortcut"] = conv(f"{p}.shortcut", A(prev), r.strides)
@@ -55,7 +68,7 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
                 if r.shortcut_bn:
                     ref[f"{p}.shortcut_bn"] = bn(f"{p}.shortcut_bn", shortcut)
                     shortcut = A(f"{p}.shortcut_bn")
-            ref[p] = ref_np.relu(A(f"{p}.bn2") + shortcut)
+            ref[p] = ref_np.relu(A(last) + shortcut)
             prev = p
     ref["head.pool"] = A(prev).mean(axis=(2, 3), keepdims=True)
     ref["head.flatten"] = A("head.pool").reshape(len(x), -1)
@@ -63,8 +76,10 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     return ref
 
 
-@pytest.mark.parametrize("options", [{}, {"conv_bias": False, "shortcut_bn": True, "bn_eps": 1e-2}],
-                         ids=["d2l", "torchvision-like"])
+@pytest.mark.parametrize("options", [
+    {}, {"conv_bias": False, "shortcut_bn": True, "bn_eps": 1e-2},
+    {"block": "bottleneck", "groups": 2, "stride_at": "1x1", "conv_bias": False,
+     "shortcut_bn": True, "bn_eps": 1e-2}], ids=["d2l", "torchvision-like", "resnext-v1"])
 def test_every_activation_is_its_layers_definition(be, tiny, options):
     """conv (padding k//2, stride), eval BatchNorm with the spec's eps, ReLU, -inf-padded
     3x3/2 max pool, residual sum, global average pool, flatten, dense: each recorded activation
@@ -81,5 +96,5 @@ def test_every_activation_is_its_layers_definition(be, tiny, options):
     print(format_rows(rows, f"{be.name}: recorded activation vs its definition (float64 numpy)"))
     assert all(r.ok for r in rows)
     # ReLU outputs (stem.relu, relu1, each Residual's output) hold no negative value
-    assert all((acts[k] >= 0).all() for k in acts if k.endswith(("relu", "relu1"))
+    assert all((acts[k] >= 0).all() for k in acts if k.endswith(("relu", "relu1", "relu2"))
                or k.count(".") == 2)

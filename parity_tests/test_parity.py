@@ -8,6 +8,7 @@ import pytest
 from common import (
     BACKEND_NAMES,
     EVAL_RTOL_CPU,
+    BottleneckSpec,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
@@ -65,7 +66,12 @@ BLOCKS = [ResidualSpec(8, 8), ResidualSpec(8, 16, use_1x1conv=True, strides=2),
           ResidualSpec(8, 8, use_1x1conv=True, strides=1),
           ResidualSpec(8, 16, use_1x1conv=True, strides=2, conv_bias=False, shortcut_bn=True),
           ResnetBlockSpec(input_channels=8, num_channels=8, num_residuals=2, first_block=True),
-          ResnetBlockSpec(input_channels=8, num_channels=16, num_residuals=3)]
+          ResnetBlockSpec(input_channels=8, num_channels=16, num_residuals=3),
+          BottleneckSpec(8, 8, 4), BottleneckSpec(8, 16, 4, use_1x1conv=True, strides=2),
+          BottleneckSpec(8, 16, 8, use_1x1conv=True, strides=2, groups=4, stride_at="1x1",
+                         conv_bias=False, shortcut_bn=True),
+          ResnetBlockSpec(input_channels=8, num_channels=32, num_residuals=2, first_block=True,
+                          block="bottleneck", bottleneck_channels=8, groups=2)]
 
 
 @pytest.mark.parametrize("unit", BLOCKS, ids=lambda u: f"{type(u).__name__}-"

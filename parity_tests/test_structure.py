@@ -296,12 +296,15 @@ def _params(node: ast.AST) -> tuple[list[str], list[str]]:
 # the extra keyword-only ones. Why they differ: PyTorch layers need their input size when they
 # are made (d2l's PyTorch Residual takes input_channels); Keras learns it when the layer is
 # built; Gluon learns it on the first call unless told (in_channels, keyword-only, so that
-# parameters exist at initialize()). Keras's batch_norm takes no channel count at all.
+# parameters exist at initialize()). Keras's batch_norm takes no channel count at all. Keras's
+# resnet_block takes in_channels too: it decides whether a first block that does not downsample
+# still needs a 1x1 conv shortcut (it widens, as every bottleneck network's first stage does).
 SIGNATURES = {
     ("blocks", "batch_norm"): {"resnet_torch": ["num_channels"], "resnet_tf": [],
                                "resnet_mxnet": ["num_channels"]},
     ("blocks", "Residual"): {"resnet_torch": ["input_channels"], "resnet_mxnet": ["+in_channels"]},
-    ("blocks", "resnet_block"): {"resnet_torch": ["input_channels"],
+    ("blocks", "Bottleneck"): {"resnet_torch": ["input_channels"], "resnet_mxnet": ["+in_channels"]},
+    ("blocks", "resnet_block"): {"resnet_torch": ["input_channels"], "resnet_tf": ["+in_channels"],
                                  "resnet_mxnet": ["+in_channels"]},
     ("model", "Stem"): {"resnet_torch": ["input_channels"], "resnet_mxnet": ["+in_channels"]},
     ("model", "Head"): {"resnet_torch": ["input_channels"], "resnet_mxnet": ["+in_channels"]},
@@ -309,6 +312,7 @@ SIGNATURES = {
     ("model", "resnet18"): {},
     ("model", "residual_from_spec"): {},
     ("model", "block_from_spec"): {},
+    ("model", "bottleneck_from_spec"): {},
     ("train", "Trainer"): {},
     ("bench", "runners"): {},
 }

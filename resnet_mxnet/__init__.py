@@ -3,8 +3,16 @@
 Importing this package makes ``import mxnet`` work under numpy >= 1.24 (see ``_compat``).
 """
 
-from .blocks import Residual, batch_norm, resnet_block
-from .model import Head, ResNet, Stem, block_from_spec, residual_from_spec, resnet18
+from .blocks import Bottleneck, Residual, batch_norm, resnet_block
+from .model import (
+    Head,
+    ResNet,
+    Stem,
+    block_from_spec,
+    bottleneck_from_spec,
+    residual_from_spec,
+    resnet18,
+)
 
-__all__ = ["Head", "ResNet", "Residual", "Stem", "batch_norm", "block_from_spec",
-           "residual_from_spec", "resnet18", "resnet_block"]
+__all__ = ["Bottleneck", "Head", "ResNet", "Residual", "Stem", "batch_norm", "block_from_spec",
+           "bottleneck_from_spec", "residual_from_spec", "resnet18", "resnet_block"]

@@ -19,11 +19,11 @@ import numpy as np
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
 from ._compat import autograd, gluon, mx
-from .model import ResNet, block_from_spec, residual_from_spec
+from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
 # canonical parameter name -> Gluon attribute, per layer kind
@@ -53,6 +53,8 @@ class Backend(BaseBackend):
             model = ResNet(unit)
         elif isinstance(unit, ResnetBlockSpec):
             model = block_from_spec(unit)
+        elif isinstance(unit, BottleneckSpec):
+            model = bottleneck_from_spec(unit)
         else:
             model = residual_from_spec(unit)
         model.initialize(ctx=mx.cpu())  # every in_channels is given: nothing is deferred

@@ -1,4 +1,5 @@
-"""d2l's ``Residual`` and ``resnet_block`` in MXNet Gluon, with the suite's explicit options.
+"""d2l's ``Residual`` and ``resnet_block`` in MXNet Gluon, the ``Bottleneck`` beside them, with
+the suite's explicit options.
 
 The names and positional arguments are d2l's Gluon ones (no input channel count: Gluon infers
 it on the first call). ``in_channels`` is keyword-only and optional: leave it at 0 for d2l's
@@ -59,20 +60,67 @@ class Residual(gluon.HybridBlock):
         return F.relu(Y + X)
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int = 0, **options: Any) -> nn.HybridSequential:
-    """A ResNet stage: the first Residual halves height and width unless ``first_block``.
+class Bottleneck(gluon.HybridBlock):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 conv down to ``bottleneck_channels``,
+    3x3 conv (in ``groups``: ResNeXt), 1x1 conv up to ``num_channels``, each with BatchNorm;
+    an optional 1x1 conv shortcut (``conv4``, ``bn4``). The stride sits on the 3x3 conv
+    (``stride_at="3x3"``, v1.5) or on the first 1x1 (``"1x1"``, v1)."""
 
-    ``in_channels`` is the stage's input channel count (0: inferred on the first call); every
-    later Residual takes ``num_channels``. ``options`` go to each :class:`Residual`.
+    def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
+                 strides: int = 1, *, in_channels: int = 0, groups: int = 1,
+                 stride_at: str = "3x3", conv_bias: bool = True, shortcut_bn: bool = False,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid = bottleneck_channels
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=conv_bias,
+                                   in_channels=in_channels)
+            self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
+                                   use_bias=conv_bias, in_channels=mid)
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=conv_bias,
+                                   in_channels=mid)
+            self.conv4: Optional[nn.Conv2D] = (
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                          in_channels=in_channels) if use_1x1conv else None)
+            self.bn1 = batch_norm(mid, **bn)
+            self.bn2 = batch_norm(mid, **bn)
+            self.bn3 = batch_norm(num_channels, **bn)
+            self.bn4: Optional[nn.BatchNorm] = (
+                batch_norm(num_channels, **bn) if use_1x1conv and shortcut_bn else None)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.conv4(X)
+            if self.bn4 is not None:
+                X = self.bn4(X)
+        return F.relu(Y + X)
+
+
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int = 0, block: str = "basic", **options: Any
+                 ) -> nn.HybridSequential:
+    """A ResNet stage: the first block halves height and width unless ``first_block``, and gets
+    a 1x1 conv shortcut where it changes the shape.
+
+    ``in_channels`` is the stage's input channel count: given, parameters have their shapes at
+    ``initialize()`` and a first stage that widens (as every bottleneck network's does) gets
+    its shortcut; 0 leaves shapes to Gluon's first call and gives the first block a shortcut
+    exactly when it downsamples, as in d2l. ``block`` is ``"basic"`` (:class:`Residual`) or
+    ``"bottleneck"`` (:class:`Bottleneck`, whose ``bottleneck_channels``, ``groups`` and
+    ``stride_at`` come in ``options``).
     """
+    make = {"basic": Residual, "bottleneck": Bottleneck}[block]
     blk = nn.HybridSequential()
     with blk.name_scope():
         for i in range(num_residuals):
-            if i == 0 and not first_block:
-                blk.add(Residual(num_channels, use_1x1conv=True, strides=2,
-                                 in_channels=in_channels, **options))
-            else:
-                blk.add(Residual(num_channels, in_channels=in_channels if i == 0 else num_channels,
-                                 **options))
+            cin = in_channels if i == 0 else num_channels
+            strides = 2 if i == 0 and not first_block else 1
+            widens = cin not in (0, num_channels)
+            blk.add(make(num_channels, use_1x1conv=strides != 1 or widens, strides=strides,
+                         in_channels=cin, **options))
     return blk

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
 from ._compat import gluon, nn
-from .blocks import Residual, batch_norm, resnet_block
+from .blocks import Bottleneck, Residual, batch_norm, resnet_block
 
 
 class Stem(gluon.HybridBlock):
@@ -89,11 +89,19 @@ def residual_from_spec(spec: ResidualSpec) -> Residual:
                     in_channels=spec.input_channels, **spec.options())
 
 
+def bottleneck_from_spec(spec: BottleneckSpec) -> Bottleneck:
+    """One :class:`Bottleneck` for ``spec``, its input channels given (no deferred shapes)."""
+    return Bottleneck(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv,
+                      spec.strides, in_channels=spec.input_channels, groups=spec.groups,
+                      stride_at=spec.stride_at, **spec.options())
+
+
 def block_from_spec(spec: ResnetBlockSpec) -> nn.HybridSequential:
-    """One stage for ``spec``: a ``HybridSequential`` of Residuals, ``stage[i]`` the i-th,
+    """One stage for ``spec``: a ``HybridSequential`` of blocks, ``stage[i]`` the i-th,
     its input channels given (no deferred shapes)."""
     return resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
-                        in_channels=spec.input_channels, **spec.options())
+                        in_channels=spec.input_channels, block=spec.block,
+                        **spec.block_options(), **spec.options())
 
 
 def resnet18(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNet:

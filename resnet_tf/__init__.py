@@ -6,6 +6,7 @@ spec's eps and momentum. Data is NHWC inside Keras; ``_layout`` is the one NCHW 
 """
 
 from .blocks import (
+    Bottleneck,
     PaddedConv2D,
     PaddedMaxPooling2D,
     Residual,
@@ -13,8 +14,16 @@ from .blocks import (
     batch_norm,
     resnet_block,
 )
-from .model import Head, ResNet, Stem, block_from_spec, residual_from_spec, resnet18
+from .model import (
+    Head,
+    ResNet,
+    Stem,
+    block_from_spec,
+    bottleneck_from_spec,
+    residual_from_spec,
+    resnet18,
+)
 
-__all__ = ["Head", "PaddedConv2D", "PaddedMaxPooling2D", "ResNet", "Residual", "ResnetBlock",
-           "Stem", "batch_norm", "block_from_spec", "residual_from_spec", "resnet18",
-           "resnet_block"]
+__all__ = ["Bottleneck", "Head", "PaddedConv2D", "PaddedMaxPooling2D", "ResNet", "Residual",
+           "ResnetBlock", "Stem", "batch_norm", "block_from_spec", "bottleneck_from_spec",
+           "residual_from_spec", "resnet18", "resnet_block"]

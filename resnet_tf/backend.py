@@ -16,11 +16,11 @@ import tensorflow as tf
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
 from ._layout import kernel_to_canonical, kernel_to_keras, nchw, nhwc
-from .model import ResNet, block_from_spec, residual_from_spec
+from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
 # canonical parameter name -> Keras attribute, per layer kind
@@ -53,6 +53,8 @@ class Backend(BaseBackend):
             return ResNet(unit, dtype=dtype)
         if isinstance(unit, ResnetBlockSpec):
             return block_from_spec(unit, dtype=dtype)
+        if isinstance(unit, BottleneckSpec):
+            return bottleneck_from_spec(unit, dtype=dtype)
         return residual_from_spec(unit, dtype=dtype)
 
     def _read(self, layer: keras.layers.Layer, kind: str, grad: bool = False

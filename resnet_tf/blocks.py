@@ -1,4 +1,5 @@
-"""d2l's ``Residual`` and ``resnet_block`` in Keras 3, with the suite's explicit options.
+"""d2l's ``Residual`` and ``resnet_block`` in Keras 3, the ``Bottleneck`` beside them, with the
+suite's explicit options.
 
 The names and positional arguments are d2l's Keras ones (``Residual(num_channels, ...)``,
 ``ResnetBlock(num_channels, num_residuals, first_block=False)``: Keras infers input channels);
@@ -181,29 +182,106 @@ class Residual(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ResnetBlock(layers.Layer):
-    """A ResNet stage (d2l's ``ResnetBlock``): the first Residual halves height and width
-    unless ``first_block``. ``block[i]`` is the i-th Residual."""
+class Bottleneck(layers.Layer):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 conv down to ``bottleneck_channels``,
+    3x3 conv (in ``groups``: ResNeXt), 1x1 conv up to ``num_channels``, each with BatchNorm;
+    an optional 1x1 conv shortcut (``conv4``, ``bn4``). The stride sits on the 3x3 conv
+    (``stride_at="3x3"``, v1.5) or on the first 1x1 (``"1x1"``, v1); every strided conv pads
+    like PyTorch's."""
 
-    def __init__(self, num_channels: int, num_residuals: int, first_block: bool = False, *,
+    def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
+                 strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
                  conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
+                          use_1x1conv=use_1x1conv, strides=strides, groups=groups,
+                          stride_at=stride_at, conv_bias=conv_bias, shortcut_bn=shortcut_bn,
+                          bn_eps=bn_eps, bn_momentum=bn_momentum)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=self.dtype_policy)
+        dt, mid = self.dtype_policy, bottleneck_channels
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=conv_bias, name="conv1", dtype=dt)
+        self.bn1 = batch_norm(**bn, name="bn1")
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=conv_bias,
+                                  name="conv2", dtype=dt)
+        self.bn2 = batch_norm(**bn, name="bn2")
+        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=conv_bias, name="conv3", dtype=dt)
+        self.bn3 = batch_norm(**bn, name="bn3")
+        self.conv4: Optional[PaddedConv2D] = (
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv4",
+                         dtype=dt) if use_1x1conv else None)
+        self.bn4: Optional[layers.BatchNormalization] = (
+            batch_norm(**bn, name="bn4") if use_1x1conv and shortcut_bn else None)
+
+    def build(self, input_shape: tuple) -> None:
+        shape = input_shape
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        if self.conv4 is not None:
+            self.conv4.build(input_shape)
+        if self.bn4 is not None:
+            self.bn4.build(shape)
+
+    def call(self, X: Any, training: Optional[bool] = None) -> Any:
+        Y = ops.relu(self.bn1(self.conv1(X), training=training))
+        Y = ops.relu(self.bn2(self.conv2(Y), training=training))
+        Y = self.bn3(self.conv3(Y), training=training)
+        if self.conv4 is not None:
+            X = self.conv4(X)
+            if self.bn4 is not None:
+                X = self.bn4(X, training=training)
+        return ops.relu(Y + X)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        shape = input_shape
+        for conv in (self.conv1, self.conv2, self.conv3):
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._args}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResnetBlock(layers.Layer):
+    """A ResNet stage (d2l's ``ResnetBlock``): the first block halves height and width unless
+    ``first_block``, and gets a 1x1 conv shortcut where it changes the shape. ``block[i]`` is
+    the i-th block.
+
+    Keras learns input channels only when the stage is built, so ``in_channels`` says them
+    where they decide the shortcut (a first stage that widens, as every bottleneck network's
+    does); left at 0, the first block gets one exactly when it downsamples, as in d2l.
+    ``block`` is ``"basic"`` (:class:`Residual`) or ``"bottleneck"`` (:class:`Bottleneck`,
+    with ``bottleneck_channels``, ``groups`` and ``stride_at``).
+    """
+
+    def __init__(self, num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int = 0, block: str = "basic", bottleneck_channels: int = 0,
+                 groups: int = 1, stride_at: str = "3x3", conv_bias: bool = True,
+                 shortcut_bn: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.num_channels, self.num_residuals, self.first_block = (
             num_channels, num_residuals, first_block)
+        self.in_channels, self.block = in_channels, block
         self.residual_options = dict(conv_bias=conv_bias, shortcut_bn=shortcut_bn,
                                      bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.residual_layers: list[Residual] = []
+        self.block_options = ({} if block == "basic" else dict(
+            bottleneck_channels=bottleneck_channels, groups=groups, stride_at=stride_at))
+        self.residual_layers: list[layers.Layer] = []
         for i in range(num_residuals):
-            if i == 0 and not first_block:
-                blk = Residual(num_channels, use_1x1conv=True, strides=2,
-                               **self.residual_options, name=str(i), dtype=self.dtype_policy)
-            else:
-                blk = Residual(num_channels, **self.residual_options, name=str(i),
-                               dtype=self.dtype_policy)
-            self.residual_layers.append(blk)
+            strides = 2 if i == 0 and not first_block else 1
+            widens = i == 0 and in_channels not in (0, num_channels)
+            options = dict(use_1x1conv=strides != 1 or widens, strides=strides,
+                           **self.block_options, **self.residual_options, name=str(i),
+                           dtype=self.dtype_policy)
+            self.residual_layers.append(Residual(num_channels, **options) if block == "basic"
+                                        else Bottleneck(num_channels, **options))
 
-    def __getitem__(self, i: int) -> Residual:
+    def __getitem__(self, i: int) -> layers.Layer:
         return self.residual_layers[i]
 
     def __len__(self) -> int:
@@ -227,10 +305,13 @@ class ResnetBlock(layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_channels": self.num_channels,
                 "num_residuals": self.num_residuals, "first_block": self.first_block,
+                "in_channels": self.in_channels, "block": self.block, **self.block_options,
                 **self.residual_options}
 
 
-def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False,
-                 **options: Any) -> ResnetBlock:
-    """d2l's ``resnet_block``: a :class:`ResnetBlock` of ``num_residuals`` Residuals."""
-    return ResnetBlock(num_channels, num_residuals, first_block, **options)
+def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
+                 in_channels: int = 0, block: str = "basic", **options: Any) -> ResnetBlock:
+    """d2l's ``resnet_block``: a :class:`ResnetBlock` of ``num_residuals`` blocks (see there
+    for ``in_channels`` and ``block``)."""
+    return ResnetBlock(num_channels, num_residuals, first_block, in_channels=in_channels,
+                       block=block, **options)

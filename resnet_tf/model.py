@@ -14,9 +14,17 @@ from typing import Any, Optional
 import keras
 from keras import layers, ops
 
-from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec, spec_from_dict
+from common.core.spec import (
+    BottleneckSpec,
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    resnet18_spec,
+    spec_from_dict,
+)
 
 from .blocks import (
+    Bottleneck,
     PaddedConv2D,
     PaddedMaxPooling2D,
     Residual,
@@ -112,7 +120,9 @@ class ResNet(keras.Model):
         # them at once: built here, in the model's build, their weight paths carry the model's
         # name ("resnet18/stages.1/0/conv3/kernel").
         self.stages = [resnet_block(s.num_channels, s.num_residuals, s.first_block,
-                                    **s.options(), name=f"stages.{i}", dtype=dt)
+                                    in_channels=s.input_channels, block=s.block,
+                                    **s.block_options(), **s.options(), name=f"stages.{i}",
+                                    dtype=dt)
                        for i, s in enumerate(spec.stages())]
         self.head = Head(spec.num_classes, name="head", dtype=dt)
         self.build((None, None, None, spec.in_channels))
@@ -158,11 +168,21 @@ def residual_from_spec(spec: ResidualSpec, **kwargs: Any) -> Residual:
     return layer
 
 
+def bottleneck_from_spec(spec: BottleneckSpec, **kwargs: Any) -> Bottleneck:
+    """One :class:`Bottleneck` for ``spec``, built for its input channels (its weights exist)."""
+    layer = Bottleneck(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv,
+                       spec.strides, groups=spec.groups, stride_at=spec.stride_at,
+                       **spec.options(), **kwargs)
+    layer.build((None, None, None, spec.input_channels))
+    return layer
+
+
 def block_from_spec(spec: ResnetBlockSpec, **kwargs: Any) -> ResnetBlock:
-    """One stage for ``spec``: a :class:`ResnetBlock`, ``stage[i]`` the i-th Residual, built
+    """One stage for ``spec``: a :class:`ResnetBlock`, ``stage[i]`` the i-th block, built
     for its input channels (its weights exist)."""
     block = resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
-                         **spec.options(), **kwargs)
+                         in_channels=spec.input_channels, block=spec.block,
+                         **spec.block_options(), **spec.options(), **kwargs)
     block.build((None, None, None, spec.input_channels))
     return block
 

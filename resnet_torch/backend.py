@@ -17,10 +17,10 @@ from torch.nn import functional as F
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
-from .model import ResNet, block_from_spec, residual_from_spec
+from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
 # canonical parameter name -> PyTorch attribute, per layer kind
@@ -47,6 +47,8 @@ class Backend(BaseBackend):
             model = ResNet(unit)
         elif isinstance(unit, ResnetBlockSpec):
             model = block_from_spec(unit)
+        elif isinstance(unit, BottleneckSpec):
+            model = bottleneck_from_spec(unit)
         else:
             model = residual_from_spec(unit)
         return model.to(getattr(torch, dtype))

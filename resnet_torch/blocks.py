@@ -1,4 +1,5 @@
-"""d2l's ``Residual`` and ``resnet_block`` in PyTorch, with the suite's explicit options.
+"""d2l's ``Residual`` and ``resnet_block`` in PyTorch, the ``Bottleneck`` beside them, with the
+suite's explicit options.
 
 The names and positional arguments are d2l's PyTorch ones (the pre-1.0 edition, where
 ``Residual`` takes ``input_channels``); the keyword-only options (conv bias, shortcut BatchNorm,
@@ -50,19 +51,58 @@ class Residual(nn.Module):
         return F.relu(Y + X)
 
 
-def resnet_block(input_channels: int, num_channels: int, num_residuals: int,
-                 first_block: bool = False, **options: Any) -> list[Residual]:
-    """A ResNet stage: the first Residual halves height and width unless ``first_block``.
+class Bottleneck(nn.Module):
+    """The bottleneck block of ResNet-50 and deeper: 1x1 conv down to ``bottleneck_channels``,
+    3x3 conv (in ``groups``: ResNeXt), 1x1 conv up to ``num_channels``, each with BatchNorm;
+    an optional 1x1 conv shortcut (``conv4``, ``bn4``). The stride sits on the 3x3 conv
+    (``stride_at="3x3"``, v1.5) or on the first 1x1 (``"1x1"``, v1)."""
 
-    Returns a list, as d2l's PyTorch ``resnet_block`` does (``nn.Sequential(*resnet_block(...))``
-    makes the stage; :func:`resnet_torch.model.block_from_spec` does that). ``options`` go to
-    each :class:`Residual`.
+    def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
+                 use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
+                 stride_at: str = "3x3", conv_bias: bool = True, shortcut_bn: bool = False,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid = bottleneck_channels
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=conv_bias)
+        self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
+                               bias=conv_bias)
+        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=conv_bias)
+        self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
+                                bias=conv_bias) if use_1x1conv else None)
+        self.bn1 = batch_norm(mid, **bn)
+        self.bn2 = batch_norm(mid, **bn)
+        self.bn3 = batch_norm(num_channels, **bn)
+        self.bn4 = batch_norm(num_channels, **bn) if use_1x1conv and shortcut_bn else None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.conv4(X)
+            if self.bn4 is not None:
+                X = self.bn4(X)
+        return F.relu(Y + X)
+
+
+def resnet_block(input_channels: int, num_channels: int, num_residuals: int,
+                 first_block: bool = False, *, block: str = "basic",
+                 **options: Any) -> list[nn.Module]:
+    """A ResNet stage: the first block halves height and width unless ``first_block``, and gets
+    a 1x1 conv shortcut where it changes the shape (for d2l's stages: exactly when it halves).
+
+    ``block`` is ``"basic"`` (:class:`Residual`) or ``"bottleneck"`` (:class:`Bottleneck`,
+    whose ``bottleneck_channels``, ``groups`` and ``stride_at`` come in ``options``). Returns
+    a list, as d2l's PyTorch ``resnet_block`` does (``nn.Sequential(*resnet_block(...))`` makes
+    the stage; :func:`resnet_torch.model.block_from_spec` does that).
     """
+    make = {"basic": Residual, "bottleneck": Bottleneck}[block]
     blk = []
     for i in range(num_residuals):
-        if i == 0 and not first_block:
-            blk.append(Residual(input_channels, num_channels, use_1x1conv=True, strides=2,
-                                **options))
-        else:
-            blk.append(Residual(num_channels, num_channels, **options))
+        cin = input_channels if i == 0 else num_channels
+        strides = 2 if i == 0 and not first_block else 1
+        blk.append(make(cin, num_channels, use_1x1conv=strides != 1 or cin != num_channels,
+                        strides=strides, **options))
     return blk

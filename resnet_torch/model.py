@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.core.spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
-from .blocks import Residual, batch_norm, resnet_block
+from .blocks import Bottleneck, Residual, batch_norm, resnet_block
 
 
 class Stem(nn.Module):
@@ -78,10 +78,18 @@ def residual_from_spec(spec: ResidualSpec) -> Residual:
                     **spec.options())
 
 
+def bottleneck_from_spec(spec: BottleneckSpec) -> Bottleneck:
+    """One :class:`Bottleneck` for ``spec``."""
+    return Bottleneck(spec.input_channels, spec.num_channels, spec.bottleneck_channels,
+                      spec.use_1x1conv, spec.strides, groups=spec.groups,
+                      stride_at=spec.stride_at, **spec.options())
+
+
 def block_from_spec(spec: ResnetBlockSpec) -> nn.Sequential:
-    """One stage for ``spec``: an ``nn.Sequential`` of Residuals, ``stage[i]`` the i-th."""
+    """One stage for ``spec``: an ``nn.Sequential`` of blocks, ``stage[i]`` the i-th."""
     return nn.Sequential(*resnet_block(spec.input_channels, spec.num_channels,
-                                       spec.num_residuals, spec.first_block, **spec.options()))
+                                       spec.num_residuals, spec.first_block, block=spec.block,
+                                       **spec.block_options(), **spec.options()))
 
 
 def resnet18(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNet:

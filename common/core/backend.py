@@ -17,7 +17,16 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional
 
 import numpy as np
 
-from .spec import ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit, num_inputs, num_outputs, resnet18_spec
+from .spec import (
+    BottleneckSpec,
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    Unit,
+    num_inputs,
+    num_outputs,
+    resnet18_spec,
+)
 from .state import State, validate_state
 from .trace import TraceOps, resolve, trace
 
@@ -116,7 +125,7 @@ class BaseBackend(ABC):
         BatchNorm in training mode, then no longer hides what the frameworks compute.
         """
         unit = resnet18_spec() if unit is None else unit
-        if not isinstance(unit, (ResNetSpec, ResnetBlockSpec, ResidualSpec)):
+        if not isinstance(unit, (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec)):
             raise TypeError(f"build() takes a spec, got {type(unit).__name__}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..core.compare import EVAL_RTOL_CPU, compare, worst
-from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.spec import BottleneckSpec, ResNetSpec, resnet18_spec
 from ..core.state import load_state_file, random_state, save_state, write_text
 from .command import EXIT_MISMATCH, EXIT_OK, CliError, framework_list, load_backends, positive, progress_log
 from .registry import BACKEND_NAMES, framework_module, get_backend, install_hint
@@ -37,7 +37,8 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF
 
 
 def conv_macs(spec: ResNetSpec, size: int) -> int:
-    """Multiply-accumulates of one image through the network (convs and the dense layer)."""
+    """Multiply-accumulates of one image through the network (convs and the dense layer);
+    a grouped conv counts its ``in / groups`` inputs per output."""
 
     def out(n: int, k: int, s: int) -> int:
         return (n + 2 * (k // 2) - k) // s + 1
@@ -48,10 +49,17 @@ def conv_macs(spec: ResNetSpec, size: int) -> int:
     for stage in spec.stages():
         for r in stage.residuals():
             h2 = out(h, 3, r.strides)
-            macs += h2 * h2 * 9 * r.input_channels * r.num_channels      # conv1
-            macs += h2 * h2 * 9 * r.num_channels * r.num_channels        # conv2
+            if isinstance(r, BottleneckSpec):
+                mid = r.bottleneck_channels
+                h1 = h2 if r.stride_at == "1x1" else h          # where the first 1x1 runs
+                macs += h1 * h1 * r.input_channels * mid                     # conv1
+                macs += h2 * h2 * 9 * mid * mid // r.groups                  # conv2
+                macs += h2 * h2 * mid * r.num_channels                       # conv3
+            else:
+                macs += h2 * h2 * 9 * r.input_channels * r.num_channels      # conv1
+                macs += h2 * h2 * 9 * r.num_channels * r.num_channels        # conv2
             if r.use_1x1conv:
-                macs += h2 * h2 * r.input_channels * r.num_channels      # shortcut
+                macs += h2 * h2 * r.input_channels * r.num_channels          # shortcut
             h = h2
     return macs + spec.stage_channels[-1] * spec.num_classes
 

@@ -20,12 +20,11 @@ import numpy as np
 
 from ..core.compare import EVAL_RTOL_CPU, Row, Section, compare, format_section
 from ..core.spec import (
+    ARCHITECTURES,
     ResNetSpec,
     Unit,
     param_shapes,
-    resnet18_spec,
     spec_from_json,
-    torchvision_resnet18_spec,
 )
 from ..core.state import State
 from .command import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, CliError, Log, one_line, positive, progress_log
@@ -41,10 +40,7 @@ from .formats import (
 )
 from .registry import BACKEND_NAMES, BackendUnavailable, get_backend
 
-ARCHES: dict[str, Callable[..., ResNetSpec]] = {
-    "resnet18": resnet18_spec,
-    "torchvision-resnet18": torchvision_resnet18_spec,
-}
+ARCHES: dict[str, Callable[..., ResNetSpec]] = ARCHITECTURES  # what --arch names
 
 
 def _quiet(message: str) -> None:
@@ -394,8 +390,10 @@ formats (inferred from the file name; --from/--to when the name does not say):
 
 SPEC_HELP = """\
 spec: .safetensors and .keras files store theirs. For the others give --spec FILE (a JSON
-spec, e.g. ResNetSpec.to_json()) or --arch resnet18 (d2l's) / torchvision-resnet18; with
---arch, in_channels and num_classes are read off the tensor shapes where unambiguous.
+spec, e.g. ResNetSpec.to_json()) or --arch NAME: resnet18 (d2l's), torchvision-resnet18,
+resnet34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2,
+wide_resnet101_2 (torchvision's layout) or resnet50_v1; with --arch, in_channels and
+num_classes are read off the tensor shapes where unambiguous.
 """
 
 
@@ -430,8 +428,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help=f"DST's format when its name does not say: {formats}")
     spec = c.add_mutually_exclusive_group()
     spec.add_argument("--spec", metavar="FILE", help="JSON spec of the network in SRC")
-    spec.add_argument("--arch", choices=list(ARCHES),
-                      help="a known network; in_channels and num_classes come from SRC's shapes")
+    spec.add_argument("--arch", choices=list(ARCHES), metavar="NAME",
+                      help="a known network (listed below); in_channels and num_classes come "
+                           "from SRC's shapes")
     c.add_argument("--force", action="store_true", help="overwrite an existing DST")
     c.add_argument("--no-verify", dest="verify", action="store_false",
                    help="write DST without reading it back and comparing the models")

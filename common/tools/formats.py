@@ -58,7 +58,7 @@ RUNNING_STATS = ("running_mean", "running_var")
 # -- key names ---------------------------------------------------------------------------------
 # PyTorch calls BatchNorm's gamma and beta "weight" and "bias"; running statistics keep their names.
 TORCH_PARAM = {"gamma": "weight", "beta": "bias"}
-_TV_BLOCK = re.compile(r"stages\.(\d+)\.(\d+)\.(conv1|bn1|conv2|bn2|shortcut|shortcut_bn)$")
+_TV_BLOCK = re.compile(r"stages\.(\d+)\.(\d+)\.(conv[123]|bn[123]|shortcut|shortcut_bn)$")
 _TV_LAYER = {"stem.conv": "conv1", "stem.bn": "bn1", "head.fc": "fc"}
 _TV_SUB = {"shortcut": "downsample.0", "shortcut_bn": "downsample.1"}
 
