@@ -132,3 +132,41 @@ def test_keras_weight_files_do_not_store_layer_names(tmp_path, models):
     assert not any("stages" in n for n in names) and "layers/stem/conv/vars/0" in names
     assert len(names) == len(model.weights)
     assert all(np.isfinite(v).all() for v in model.get_weights())
+
+
+BOTTLENECK_HEADER = ("| canonical | PyTorch `state_dict` | Keras weight path | Gluon `save_parameters` "
+                     "| torchvision |")
+
+
+def bottleneck_table() -> list[list[str]]:
+    lines = DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(BOTTLENECK_HEADER))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([re.sub(r"^`(.*)`$", r"\1", c.strip()) for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def resnet50_models():
+    from common import architecture
+    spec = architecture("resnet50")
+    return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
+
+
+@pytest.mark.parametrize("row", bottleneck_table(), ids=[r[0] for r in bottleneck_table()])
+def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
+    from common.tools.formats import torch_keys
+    key, torch_key, keras_path, gluon_key, tv_key = row
+    spec, models = resnet50_models
+    layer, param = _layer(spec, key)
+    tm, km, gm = models["torch"], models["tf"], models["mxnet"]
+    torch_param = getattr(resolve(tm, layer.attr), TORCH.get(param, param)
+                          if layer.kind == "bn" else param)
+    assert _ids(list(tm.named_parameters()) + list(tm.named_buffers()))[id(torch_param)] == torch_key
+    assert getattr(resolve(km, layer.attr), KERAS[param]).path == keras_path
+    gluon_param = getattr(resolve(gm, layer.attr), param)
+    assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
+    assert torch_keys(spec, torchvision=True)[key] == tv_key
