@@ -92,10 +92,13 @@ def test_bench_cli(tmp_path, capsys):
     out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
     code = main(["bench", "--frameworks", "torch", "--modes", "eager", "--batch", "2",
                  "--size", "16", "--threads", "1", "--warmup", "1", "--reps", "2",
-                 "--json", str(out_json), "--plot", str(out_png), "-q"])
+                 "--arch", "resnext50_32x4d", "--json", str(out_json), "--plot", str(out_png),
+                 "-q"])
     out = capsys.readouterr().out
     assert code == 0 and "torch  eager" in out and "float32 matmul peak" in out
+    assert out.startswith("ResNet resnext50_32x4d, batch 2, 16x16")
     data = json.loads(out_json.read_text())
+    assert data["macs_per_image"] == conv_macs(architecture("resnext50_32x4d"), 16)
     assert data["threads"] == 1 and data["results"][0]["forward"]["img_per_s"] > 0
     assert out_png.read_bytes()[:4] == b"\x89PNG" and os.path.getsize(out_png) > 1000
     with pytest.raises(SystemExit):

@@ -124,3 +124,15 @@ def test_help_text():
                              text=True)
         assert out.returncode == 0 and "usage: resnet-parity" in out.stdout
     assert "--weights FILE" in out.stdout and "--device {cpu,gpu}" in out.stdout
+
+
+def test_check_takes_an_architecture(capsys, two):
+    code, out, err = run(capsys, "check", "--frameworks", two, "--arch", "resnext50_32x4d",
+                         "--size", "33", "--batch", "1", "-q")
+    assert code == 0, out + err
+    assert out.startswith("resnext50_32x4d: random weights") and "input (1, 3, 33, 33)" in out
+    assert "stages.3.2.bn3" in out and "PASS: 2 frameworks" in out and ", 159 rows," in out
+    code, _, err = run(capsys, "check", "--arch", "resnet50", "--weights", "w.safetensors")
+    assert code == 2 and "--weights brings its own spec" in err
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--arch", "resnet51"])

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..core.compare import EVAL_RTOL_CPU, compare, worst
-from ..core.spec import BottleneckSpec, ResNetSpec, resnet18_spec
+from ..core.spec import ARCHITECTURES, BottleneckSpec, ResNetSpec, architecture, resnet18_spec
 from ..core.state import load_state_file, random_state, save_state, write_text
 from .command import EXIT_MISMATCH, EXIT_OK, CliError, framework_list, load_backends, positive, progress_log
 from .registry import BACKEND_NAMES, framework_module, get_backend, install_hint
@@ -259,7 +259,8 @@ def plot(report: dict, path: str) -> None:
         ax.tick_params(axis="x", labelsize=8)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"ResNet-18, batch {report['batch']}, {report['size']}x{report['size']}, "
+    fig.suptitle(f"{report['spec']['name']}, batch {report['batch']}, "
+                 f"{report['size']}x{report['size']}, "
                  f"{report['threads']} thread(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -278,7 +279,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise CliError("bench times every mode against eager PyTorch: " + install_hint("torch"))
     log = progress_log(args.quiet)
     report = run(list(backends), modes, args.batch, args.size, args.threads,
-                       warmup=args.warmup, reps=args.reps, log=log)
+                 warmup=args.warmup, reps=args.reps, spec=architecture(args.arch), log=log)
     print(format_report(report))
     if args.json:
         write_text(args.json, json.dumps(report, indent=1))
@@ -294,7 +295,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``bench``."""
     b = sub.add_parser(
-        "bench", help="time the same ResNet-18 in each framework and mode, side by side",
+        "bench", help="time the same ResNet in each framework and mode, side by side",
         description="Forward throughput, training-step throughput, batch-1 latency and peak "
                     "memory of ResNet-18 (same weights, same input) in every framework and "
                     "mode: PyTorch eager and torch.compile; Keras eager, tf.function and XLA; "
@@ -304,6 +305,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "against the float32 matmul peak measured in the same run.")
     b.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
                    help="comma-separated: torch,tf,mxnet (default: all three)")
+    b.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME", default="resnet18",
+                   help="the network: " + ", ".join(ARCHITECTURES) + " (resnet18, d2l's)")
     b.add_argument("--batch", type=positive, default=32, help="batch size (32)")
     b.add_argument("--size", type=positive, default=96, help="image size (96)")
     b.add_argument("--threads", type=positive, default=os.cpu_count() or 1,

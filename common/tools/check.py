@@ -22,7 +22,7 @@ from ..core.compare import (
     pairwise,
     summarize,
 )
-from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.spec import ARCHITECTURES, ResNetSpec, architecture
 from ..core.state import load_state_file, random_state, write_text
 from ..core.step_parity import bn_counts, compare_states, labels, tolerance
 from .command import (
@@ -83,6 +83,8 @@ def train_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray,
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if args.weights and args.arch:
+        raise CliError("--weights brings its own spec; --arch is for random weights")
     if args.weights:
         try:
             state, spec = load_state_file(args.weights)
@@ -92,7 +94,7 @@ def run_check(args: argparse.Namespace) -> int:
             raise CliError(f"{args.weights}: holds a {type(spec).__name__}, not a whole ResNet")
         source = f"weights from {args.weights}"
     else:
-        spec = resnet18_spec()
+        spec = architecture(args.arch or "resnet18")
         state = random_state(spec, args.seed)
         source = f"random weights and BatchNorm statistics (seed {args.seed})"
     rtol = args.rtol if args.rtol is not None else (
@@ -137,7 +139,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``check``."""
     c = sub.add_parser(
         "check", help="load one set of weights into every framework and compare each layer",
-        description="Build ResNet-18 in each installed framework, load one set of weights into "
+        description="Build ResNet-18 (or --arch) in each installed framework, load one set of weights into "
                     "all, run one input, and print per layer the max absolute and relative "
                     "difference of every pair. Exit status 1 if any layer is out of bounds.")
     c.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
@@ -145,6 +147,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--size", type=positive, default=96, help="input height and width (96)")
     c.add_argument("--batch", type=positive, default=2, help="batch size (2)")
     c.add_argument("--seed", type=int, default=0, help="seed for weights and input (0)")
+    c.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME",
+                   help="the network, with random weights: " + ", ".join(ARCHITECTURES)
+                        + " (default resnet18, d2l's)")
     c.add_argument("--weights", metavar="FILE",
                    help="canonical safetensors file (default: random weights and random "
                         "BatchNorm statistics)")
