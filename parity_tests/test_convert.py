@@ -171,6 +171,20 @@ def test_written_files_are_what_each_framework_loads_natively(files):
 
 
 # -- torchvision ----------------------------------------------------------------------------------
+def randomize_batch_norms(model):
+    """Random BatchNorm weights and running statistics (fresh ones would hide eps and
+    running-statistic mistakes)."""
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 def torchvision_resnet18(in_channels: int = 3, num_classes: int = 1000, seed: int = 0):
     """torchvision's resnet18, built by hand with exactly its module names (``conv1``, ``bn1``,
     ``layerN.M.downsample.0/1``, ``fc``), random weights and random BatchNorm statistics."""
@@ -216,13 +230,10 @@ def torchvision_resnet18(in_channels: int = 3, num_classes: int = 1000, seed: in
 
     torch.manual_seed(seed)
     model = ResNet().eval()
+    randomize_batch_norms(model)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
                 m.num_batches_tracked.fill_(7)
     return model
 
@@ -282,14 +293,7 @@ def torchvision_bottleneck_resnet(layers=(3, 4, 6, 3), groups: int = 1, width_pe
 
     torch.manual_seed(seed)
     model = ResNet().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
+    return randomize_batch_norms(model)
 
 
 @pytest.mark.parametrize("dst_name, framework", [("x50.weights.h5", "tf"), ("x50.params", "mxnet")])

@@ -26,9 +26,10 @@ KERAS = {"weight": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta",
          "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def table() -> list[list[str]]:
+def table(header: str = HEADER) -> list[list[str]]:
+    """The rows of the table under ``header`` in the architecture document, cells unquoted."""
     lines = DOC.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(HEADER))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -138,17 +139,6 @@ BOTTLENECK_HEADER = ("| canonical | PyTorch `state_dict` | Keras weight path | G
                      "| torchvision |")
 
 
-def bottleneck_table() -> list[list[str]]:
-    lines = DOC.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(BOTTLENECK_HEADER))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([re.sub(r"^`(.*)`$", r"\1", c.strip()) for c in line.strip("|").split("|")])
-    return rows
-
-
 @pytest.fixture(scope="module")
 def resnet50_models():
     from common import architecture
@@ -156,7 +146,7 @@ def resnet50_models():
     return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
 
 
-@pytest.mark.parametrize("row", bottleneck_table(), ids=[r[0] for r in bottleneck_table()])
+@pytest.mark.parametrize("row", table(BOTTLENECK_HEADER), ids=[r[0] for r in table(BOTTLENECK_HEADER)])
 def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
     from common.tools.formats import torch_keys
     key, torch_key, keras_path, gluon_key, tv_key = row

@@ -91,11 +91,10 @@ MUTANTS: list[Mutant] = [
       '    y = step("bn2", "bn2", y)\n', '',
       "the walk runs every layer forward runs; its last activation equals forward"),
     M("trace-residual-adds-wrong", "common/core/trace.py",
-      '            x = step("shortcut_bn", "bn3", x)\n    y = ops.relu(ops.add(y, x))\n',
-      '            x = step("shortcut_bn", "bn3", x)\n    y = ops.relu(ops.add(y, y))\n',
+      "    y = ops.relu(ops.add(y, x))\n", "    y = ops.relu(ops.add(y, y))\n",
       "the walk adds the (shortcut of the) block input, as forward does"),
     M("trace-no-shortcut-bn", "common/core/trace.py",
-      '        if r.shortcut_bn:\n            x = step("shortcut_bn", "bn3", x)\n', '',
+      '        if r.shortcut_bn:\n            x = step("shortcut_bn", bn, x)\n', '',
       "the walk applies the shortcut BatchNorm of a torchvision-style block"),
     # -- common/core/state.py: checks, files, random states -----------------------------------
     M("state-unexpected-ignored", "common/core/state.py",

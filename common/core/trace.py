@@ -52,48 +52,51 @@ class ModelOps:
         return a + b
 
 
-def _walk_residual(r: ResidualSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
-                   rec: Record) -> Any:
+def _stepper(ops: TraceOps, prefix: str, attr: tuple, rec: Record) -> Callable[[str, str, Any], Any]:
+    """``step(name, layer_attr, v)``: call the block's layer ``layer_attr`` on ``v`` and record
+    the result as ``prefix.name``."""
     def step(name: str, layer_attr: str, v: Any) -> Any:
         v = ops.call(ops.layer(attr + (layer_attr,)), v)
         rec(f"{prefix}.{name}", v)
         return v
+    return step
 
+
+def _shortcut_sum(r: Any, ops: TraceOps, step: Callable, x: Any, y: Any, prefix: str,
+                  rec: Record, conv: str, bn: str) -> Any:
+    """The shortcut (the block's 1x1 conv ``conv`` and BatchNorm ``bn``, where it has them) added
+    to the main path ``y``, then ReLU: the block's output."""
+    if r.use_1x1conv:
+        x = step("shortcut", conv, x)
+        if r.shortcut_bn:
+            x = step("shortcut_bn", bn, x)
+    y = ops.relu(ops.add(y, x))
+    rec(prefix, y)
+    return y
+
+
+def _walk_residual(r: ResidualSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
+                   rec: Record) -> Any:
+    step = _stepper(ops, prefix, attr, rec)
     y = step("conv1", "conv1", x)
     y = step("bn1", "bn1", y)
     y = ops.relu(y)
     rec(f"{prefix}.relu1", y)
     y = step("conv2", "conv2", y)
     y = step("bn2", "bn2", y)
-    if r.use_1x1conv:
-        x = step("shortcut", "conv3", x)
-        if r.shortcut_bn:
-            x = step("shortcut_bn", "bn3", x)
-    y = ops.relu(ops.add(y, x))
-    rec(prefix, y)
-    return y
+    return _shortcut_sum(r, ops, step, x, y, prefix, rec, conv="conv3", bn="bn3")
 
 
 def _walk_bottleneck(r: BottleneckSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
                      rec: Record) -> Any:
-    def step(name: str, layer_attr: str, v: Any) -> Any:
-        v = ops.call(ops.layer(attr + (layer_attr,)), v)
-        rec(f"{prefix}.{name}", v)
-        return v
-
+    step = _stepper(ops, prefix, attr, rec)
     y = x
     for k in (1, 2):
         y = step(f"bn{k}", f"bn{k}", step(f"conv{k}", f"conv{k}", y))
         y = ops.relu(y)
         rec(f"{prefix}.relu{k}", y)
     y = step("bn3", "bn3", step("conv3", "conv3", y))
-    if r.use_1x1conv:
-        x = step("shortcut", "conv4", x)
-        if r.shortcut_bn:
-            x = step("shortcut_bn", "bn4", x)
-    y = ops.relu(ops.add(y, x))
-    rec(prefix, y)
-    return y
+    return _shortcut_sum(r, ops, step, x, y, prefix, rec, conv="conv4", bn="bn4")
 
 
 def _walk_unit(r: Any, ops: TraceOps, x: Any, prefix: str, attr: tuple, rec: Record) -> Any:
