@@ -433,8 +433,9 @@ def test_infer_io_reads_keras_layout_and_refuses_ambiguity():
 
 def test_spec_is_required_where_the_file_has_none(files, tmp_path):
     need("torch")
-    with pytest.raises(ValueError, match=r"w\.pt: a PyTorch state_dict .* stores no spec; pass "
-                                         r"--spec FILE or --arch"):
+    # TINY_TV is no named architecture: the keys say so, and the error asks for its spec
+    with pytest.raises(ValueError, match=r"w\.pt: no known architecture fits its keys and shapes "
+                                         r"\(resnet18, .*\); pass --spec FILE"):
         convert(files["torch"], tmp_path / "x.safetensors")
     other = tmp_path / "other.json"
     other.write_text(TINY.to_json())
@@ -782,6 +783,7 @@ def test_inspect_lists_every_tensor(files, capsys):
         assert str(tuple(v.shape)) in row and "float32" in row
         assert f"{v.min():.3g}" in row and f"{v.max():.3g}" in row
     assert lines[-1] == "non-finite values: none"
+    assert "architecture: tiny-tv (the stored spec; not one of the named architectures)" in lines
 
 
 def test_inspect_reads_every_format(files):
@@ -859,3 +861,38 @@ def teardown_module(module) -> None:
         print("\nfuzzed cases (format, mutation, outcome):")
         for key, n in sorted(FUZZ.items()):
             print(f"  {n:4d}  {key}")
+
+
+def test_a_pytorch_file_names_its_architecture(tmp_path, capsys, monkeypatch):
+    """Where keys and shapes decide the architecture, --arch is not needed; where several named
+    architectures fit, the error lists them; Keras and Gluon files still need --spec or --arch."""
+    need("torch")
+    import torch
+
+    import common.tools.convert as convert_module
+    tv = torchvision_bottleneck_resnet(groups=32, width_per_group=4, num_classes=4)
+    src = tmp_path / "resnext.pth"
+    torch.save(tv.state_dict(), src)
+    code = cli.main(["convert", str(src), str(tmp_path / "r.safetensors"), "-q", "--size", "32"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "recognised as resnext50_32x4d from its keys and shapes" in out
+    assert "num_classes=4 inferred from fc.weight" in out
+    assert cli.main(["inspect", str(src)]) == 0
+    assert ("architecture: resnext50_32x4d, from its keys and shapes (in_channels=3, "
+            "num_classes=4)") in capsys.readouterr().out.splitlines()
+    assert cli.main(["inspect", str(tmp_path / "r.safetensors")]) == 0
+    assert "architecture: resnext50_32x4d (the stored spec)" in capsys.readouterr().out
+    arches = dict(convert_module.ARCHES, **{"my-resnext": convert_module.ARCHES["resnext50_32x4d"]})
+    monkeypatch.setattr(convert_module, "ARCHES", arches)
+    with pytest.raises(ValueError, match=r"fit several architectures \(resnext50_32x4d, "
+                                         r"my-resnext\); name one with --arch"):
+        convert(src, tmp_path / "s.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors", "resnext.pth"]
+
+
+def test_a_keras_weights_file_still_needs_a_spec(files, tmp_path):
+    need("tf")
+    with pytest.raises(ValueError, match=r"w\.weights\.h5: a Keras weights file \(save_weights\) "
+                                         r"stores no spec; pass --spec FILE or --arch NAME"):
+        convert(files["keras-weights"], tmp_path / "x.safetensors")

@@ -24,13 +24,13 @@ from ..core.spec import (
     ResNetSpec,
     Unit,
     param_shapes,
+    resnet18_spec,
     spec_from_json,
 )
 from ..core.state import State
 from .command import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, CliError, Log, one_line, positive, progress_log
 from .formats import (
     FAMILY_NAMES,
-    TORCHVISION,
     Format,
     PathLike,
     Staging,
@@ -125,7 +125,8 @@ def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
 
     A file that stores its spec (canonical, ``.keras``) is read with it (a different ``--spec``
     is an error); otherwise ``spec_file`` is used as given, or ``arch`` with ``in_channels`` and
-    ``num_classes`` inferred from the tensor shapes (:func:`infer_io`).
+    ``num_classes`` inferred from the tensor shapes (:func:`infer_io`); without either, the
+    one named architecture whose keys and shapes the file holds (:func:`fitting_architectures`).
     """
     given = load_spec_file(spec_file) if spec_file is not None else None
     if arch is not None and arch not in ARCHES:
@@ -145,14 +146,37 @@ def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
         spec = dataclasses.replace(base, **found)
         source = f"--arch {arch}; " + "; ".join(notes)
     else:
-        hint = " (its keys are torchvision's: try --arch torchvision-resnet18)" if (
-            ckpt.format is TORCHVISION) else ""
-        raise ValueError(f"{ckpt.path}: a {ckpt.format.description} stores no spec; pass "
-                         f"--spec FILE or --arch {'|'.join(ARCHES)}{hint}")
+        fitting = fitting_architectures(ckpt)
+        if len(fitting) == 1:
+            name, spec, notes = fitting[0]
+            source = f"recognised as {name} from its keys and shapes; " + "; ".join(notes)
+        elif fitting:
+            raise ValueError(f"{ckpt.path}: its keys and shapes fit several architectures ("
+                             f"{', '.join(n for n, _, _ in fitting)}); name one with --arch")
+        elif ckpt.format.fits(ckpt.tensors, resnet18_spec()) is None:
+            raise ValueError(f"{ckpt.path}: a {ckpt.format.description} stores no spec; pass "
+                             f"--spec FILE or --arch NAME ({', '.join(ARCHES)})")
+        else:
+            raise ValueError(f"{ckpt.path}: no known architecture fits its keys and shapes "
+                             f"({', '.join(ARCHES)}); pass --spec FILE with its spec")
     if not isinstance(spec, ResNetSpec):
         raise ValueError(f"{ckpt.path}: the spec is a {type(spec).__name__}; convert handles "
                          "whole ResNets (ResNetSpec)")
     return spec, source
+
+
+def fitting_architectures(ckpt: Checkpoint) -> list[tuple[str, ResNetSpec, list[str]]]:
+    """Every named architecture whose keys and shapes ``ckpt`` holds exactly (in_channels and
+    num_classes read off the shapes), as ``(name, spec, notes)``; empty where the format cannot
+    tell without a framework (``Format.fits`` is None) or nothing fits."""
+    out = []
+    for name, make in ARCHES.items():
+        base = make()
+        found, notes = infer_io(ckpt.tensors, base)
+        spec = dataclasses.replace(base, **found)
+        if ckpt.format.fits(ckpt.tensors, spec):
+            out.append((name, spec, notes))
+    return out
 
 
 def _differences(a: Unit, b: Unit) -> list[str]:
@@ -311,6 +335,7 @@ class Inspection:
     spec: Optional[Unit]
     spec_note: str
     tensors: list[TensorInfo]
+    architecture: str = ""        # the named architecture the file holds, or why none
 
     @property
     def nonfinite(self) -> list[TensorInfo]:
@@ -339,7 +364,29 @@ def inspect_checkpoint(path: PathLike, family: Optional[str] = None) -> Inspecti
             note = str(e)
     else:
         note = "none stored in this format (convert takes --spec FILE or --arch)"
-    return Inspection(ckpt, spec, note, [tensor_info(k, v) for k, v in ckpt.tensors.items()])
+    return Inspection(ckpt, spec, note, [tensor_info(k, v) for k, v in ckpt.tensors.items()],
+                      recognise(ckpt, spec))
+
+
+def recognise(ckpt: Checkpoint, spec: Optional[Unit]) -> str:
+    """Which named architecture ``ckpt`` holds, in words: the stored spec's, or the ones its
+    keys and shapes fit (:func:`fitting_architectures`), or why there is none."""
+    if spec is not None:
+        named = [n for n, make in ARCHES.items() if isinstance(spec, ResNetSpec)
+                 and dataclasses.replace(make(), in_channels=spec.in_channels,
+                                         num_classes=spec.num_classes,
+                                         labels=spec.labels) == spec]
+        return (f"{named[0]} (the stored spec)" if named
+                else f"{spec.name} (the stored spec; not one of the named architectures)")
+    fitting = fitting_architectures(ckpt)
+    if fitting:
+        name, found, _ = fitting[0]
+        more = f"; also fits {', '.join(n for n, _, _ in fitting[1:])}" if fitting[1:] else ""
+        return (f"{name}, from its keys and shapes (in_channels={found.in_channels}, "
+                f"num_classes={found.num_classes}){more}")
+    if ckpt.format.fits(ckpt.tensors, resnet18_spec()) is None:
+        return "not recognisable without loading it into its framework (convert takes --arch)"
+    return "none of the named architectures fits its keys and shapes"
 
 
 def format_inspection(ins: Inspection) -> str:
@@ -357,6 +404,8 @@ def format_inspection(ins: Inspection) -> str:
                      "BatchNorm running statistics (from the spec)")
     else:
         lines.append(f"spec: {ins.spec_note}")
+    if ins.architecture:
+        lines.append(f"architecture: {ins.architecture}")
     lines.append(f"tensors: {len(ins.tensors)} ({len(floats)} floating point); values: "
                  f"{sum(a.size for a in floats):,} floating point, "
                  f"{sum(ckpt.tensors[t.name].size for t in ins.tensors):,} in all")

@@ -195,6 +195,11 @@ class Format(ABC):
         """Run the computation the file itself stores (a whole-model format) on NCHW ``x``."""
         return None
 
+    def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> Optional[bool]:
+        """Whether ``tensors`` hold exactly ``spec``'s keys and shapes in this format; None where
+        only a framework could tell (the check then happens when the file is read)."""
+        return None
+
 
 class Canonical(Format):
     name, family, suffixes, carries_spec = "canonical", "canonical", (".safetensors",), True
@@ -256,12 +261,27 @@ class TorchStateDict(Format):
     def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
         return TORCHVISION if looks_torchvision(tensors) else self
 
+    def _expected(self, spec: Unit) -> tuple[dict[str, str], dict[str, tuple], list[str]]:
+        """(canonical name -> key, key -> shape, the num_batches_tracked keys) for ``spec``."""
+        keys, shapes = torch_keys(spec, self.torchvision), param_shapes(spec)
+        counters = torch_bn_counters(spec, self.torchvision)
+        return keys, {keys[c]: shapes[c] for c in keys} | {k: () for k in counters}, counters
+
+    def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> bool:
+        try:
+            _, expected, counters = self._expected(spec)
+        except ValueError:  # a layer torchvision has no name for
+            return False
+        try:
+            check_tensors(tensors, expected, allow_nonfinite=True, optional=set(counters))
+        except ValueError:
+            return False
+        return True
+
     def read(self, path: Path, spec: Unit, *, allow_nonfinite: bool = False,
              tensors: Optional[Mapping[str, np.ndarray]] = None) -> State:
         raw = self.tensors(path) if tensors is None else tensors
-        keys, shapes = torch_keys(spec, self.torchvision), param_shapes(spec)
-        counters = torch_bn_counters(spec, self.torchvision)
-        expected = {keys[c]: shapes[c] for c in keys} | {k: () for k in counters}
+        keys, expected, counters = self._expected(spec)
         checked = _fits(path, raw, expected, spec, self.description, allow_nonfinite, counters)
         return _canonical(path, {c: checked[k] for c, k in keys.items()}, spec, allow_nonfinite)
 
