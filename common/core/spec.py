@@ -455,8 +455,28 @@ def resnet50_v1_spec(**options: Any) -> ResNetSpec:
                             "bn_eps": 1.001e-5, **options})
 
 
+def _keras_applications(arch: str, make: Callable[..., ResNetSpec], **options: Any) -> ResNetSpec:
+    """keras.applications' ResNet (v1): the stride on each stage's first 1x1 conv, a bias on
+    every conv, BatchNorm eps 1.001e-5 and Keras's momentum 0.99 (0.01 in PyTorch's convention)."""
+    return make(**{"name": arch, "stride_at": "1x1", "conv_bias": True, "bn_eps": 1.001e-5,
+                   "bn_momentum": 0.01, **options})
+
+
+def keras_resnet50_spec(**options: Any) -> ResNetSpec:
+    return _keras_applications("keras-resnet50", resnet50_spec, **options)
+
+
+def keras_resnet101_spec(**options: Any) -> ResNetSpec:
+    return _keras_applications("keras-resnet101", resnet101_spec, **options)
+
+
+def keras_resnet152_spec(**options: Any) -> ResNetSpec:
+    return _keras_applications("keras-resnet152", resnet152_spec, **options)
+
+
 # The standard members by name (what --arch says). resnet18 is d2l's, the suite's default; the
-# others are torchvision's and Hugging Face's layout (v1.5), except resnet50_v1.
+# others are torchvision's and Hugging Face's layout (v1.5), except resnet50_v1 and the
+# keras.applications members (v1).
 ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "resnet18": resnet18_spec,
     "torchvision-resnet18": torchvision_resnet18_spec,
@@ -470,6 +490,9 @@ ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "wide_resnet50_2": wide_resnet50_2_spec,
     "wide_resnet101_2": wide_resnet101_2_spec,
     "resnet50_v1": resnet50_v1_spec,
+    "keras-resnet50": keras_resnet50_spec,
+    "keras-resnet101": keras_resnet101_spec,
+    "keras-resnet152": keras_resnet152_spec,
 }
 
 
