@@ -29,7 +29,6 @@ from common.core.step_parity import bn_counts, compare_states, labels, tolerance
 
 from .conftest import backend_or_skip, make_input
 
-
 # keras-resnet101/152 repeat keras-resnet50's blocks (v1, conv bias) at resnet101/152's depths,
 # both run here: they would add a minute and test nothing new.
 WHOLE = [name for name in ARCHITECTURES if name not in ("keras-resnet101", "keras-resnet152")]

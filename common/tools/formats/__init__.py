@@ -1,0 +1,138 @@
+"""Checkpoint file formats: detection, safe readers, writers, and torchvision's key names.
+
+Every format reads to, and writes from, the canonical state (:mod:`common.core.state`). Layouts are
+never converted here: a framework format is written by building the model with that framework's
+backend, loading the canonical state and calling the framework's own save function, and read
+the other way round (build, the framework's own load, ``export_state``). PyTorch's layouts are
+the canonical ones, so a ``state_dict`` only has its keys renamed (:func:`torch_keys`). What this
+module adds is the part frameworks do not do safely or completely:
+
+* reading a file's raw tensors without running code from it (``torch.load(weights_only=True)``,
+  safetensors, HDF5, a bounds-checked parser of MXNet's NDArray file format), so that
+* every key and shape is checked against the spec *before* a framework loads the file, naming
+  every missing, unexpected or mis-shaped key (file key, expected and actual shape) and every
+  tensor with NaN or infinity (:func:`common.core.state.check_tensors`), and
+* any failure is a ``ValueError`` that names the file.
+
+Formats (``--from`` / ``--to`` name the family; :func:`detect` picks the format by file name):
+
+* ``canonical``: ``.safetensors`` written by :func:`common.save_state`, spec in metadata;
+* ``torch``: ``.pt`` / ``.pth``, the ``state_dict`` of resnet_torch's ``ResNet``;
+* ``torchvision``: ``.pt`` / ``.pth`` with torchvision's key names (family ``torch`` detects it);
+* ``keras-weights`` / ``keras`` (family ``tf``): ``.weights.h5`` from ``save_weights``, and
+  ``.keras`` from ``model.save``, which also stores the spec;
+* ``gluon-params`` / ``gluon-export`` (family ``mxnet``): ``.params`` from ``save_parameters``,
+  and ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` from ``HybridBlock.export``.
+
+Frameworks are imported inside the functions that need them, never at module import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .base import (
+    RUNNING_STATS,
+    TORCH_PARAM,
+    Format,
+    PathLike,
+    Staging,
+    attr_path,
+    check_targets,
+    looks_torchvision,
+    read_ndarray_file,
+    torch_bn_counters,
+    torch_keys,
+    torchvision_module,
+)
+from .native import (
+    CANONICAL,
+    GLUON_EXPORT,
+    GLUON_PARAMS,
+    KERAS,
+    KERAS_WEIGHTS,
+    TORCH,
+    TORCHVISION,
+    Canonical,
+    GluonExport,
+    GluonParams,
+    KerasModel,
+    KerasWeights,
+    TorchStateDict,
+    TorchvisionStateDict,
+)
+
+__all__ = [
+    "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "KERAS",
+    "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH", "TORCHVISION", "TORCH_PARAM", "Canonical", "Format",
+    "GluonExport", "GluonParams", "KerasModel", "KerasWeights", "PathLike", "Staging",
+    "TorchStateDict", "TorchvisionStateDict", "attr_path", "check_targets", "choices_text", "detect",
+    "family_name", "looks_torchvision", "read_ndarray_file", "torch_bn_counters", "torch_keys",
+    "torchvision_module",
+]
+
+FORMATS: dict[str, Format] = {f.name: f for f in (CANONICAL, TORCH, TORCHVISION, KERAS_WEIGHTS,
+                                                  KERAS, GLUON_PARAMS, GLUON_EXPORT)}
+# --from / --to names -> the formats they cover, the default first
+FAMILIES: dict[str, tuple[Format, ...]] = {
+    "canonical": (CANONICAL,),
+    "torch": (TORCH, TORCHVISION),
+    "torchvision": (TORCHVISION,),
+    "tf": (KERAS_WEIGHTS, KERAS),
+    "mxnet": (GLUON_PARAMS, GLUON_EXPORT),
+}
+_FAMILY_ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet",
+                   "mx": "mxnet", "safetensors": "canonical"}
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def family_name(name: str) -> str:
+    """``torch``, ``torchvision``, ``tf``, ``mxnet`` or ``canonical`` (aliases accepted)."""
+    key = _FAMILY_ALIASES.get(name.lower(), name.lower())
+    if key not in FAMILIES:
+        raise ValueError(f"unknown format {name!r}; choose from {', '.join(FAMILY_NAMES)}")
+    return key
+
+
+def choices_text() -> str:
+    return ("canonical (.safetensors), torch (.pt/.pth), torchvision (.pt/.pth with torchvision's "
+            "key names), tf (.weights.h5, .keras), mxnet (.params, PREFIX-symbol.json)")
+
+
+def _by_name(path: Path, writing: bool) -> Optional[Format]:
+    name = path.name.lower()
+    if name.endswith(".params"):
+        return GLUON_EXPORT if not writing and GluonExport.is_export_params(path) else GLUON_PARAMS
+    for fmt in (CANONICAL, TORCH, KERAS_WEIGHTS, KERAS, GLUON_EXPORT):
+        if name.endswith(fmt.suffixes):
+            return fmt
+    return None
+
+
+def detect(path: PathLike, family: Optional[str] = None, *, writing: bool = False) -> Format:
+    """The format of ``path`` from its name, checked against ``family`` (``--from``/``--to``).
+
+    Raises ``ValueError`` naming the file and listing the choices when the name does not say
+    and no family is given, or when the name contradicts the family.
+    """
+    path = Path(path)
+    by_name = _by_name(path, writing)
+    if family is None:
+        if by_name is None:
+            hint = " (legacy Keras .h5 is not supported: use .weights.h5)" if (
+                path.name.lower().endswith(".h5")) else ""
+            raise ValueError(f"{path}: cannot tell the format from the file name{hint}; pass "
+                             f"--from/--to with one of: {choices_text()}")
+        return by_name
+    options = FAMILIES[family_name(family)]
+    if by_name in options:
+        return by_name
+    if by_name is not None and family_name(family) == "torchvision" and by_name is TORCH:
+        return TORCHVISION
+    if by_name is None and options[0].family != "tf":
+        return options[0]  # torch.load, safetensors and MXNet read any file name
+    need = " or ".join(dict.fromkeys(s for f in options for s in f.suffixes))
+    got = f"is named like {by_name.description}" if by_name else "has another name"
+    raise ValueError(f"{path}: {family} needs a file name ending in {need}; this one {got}")
+
