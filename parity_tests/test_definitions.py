@@ -43,6 +43,24 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     for i, stage in enumerate(spec.stages()):
         for j, r in enumerate(stage.residuals()):
             p = f"stages.{i}.{j}"
+            if r.preact:                        # v2: BatchNorm, ReLU, conv; no ReLU after the sum
+                if isinstance(r, BottleneckSpec):
+                    s1, s3 = (r.strides, 1) if r.stride_at == "1x1" else (1, r.strides)
+                    kinds = [(s1, 1), (s3, r.groups), (1, 1)]     # (stride, groups) per conv
+                else:
+                    kinds = [(r.strides, 1), (1, 1)]
+                inp = prev
+                for k, (stride, groups) in enumerate(kinds, 1):
+                    ref[f"{p}.bn{k}"] = bn(f"{p}.bn{k}", A(inp))
+                    ref[f"{p}.relu{k}"] = ref_np.relu(A(f"{p}.bn{k}"))
+                    if k == 1 and r.use_1x1conv:
+                        ref[f"{p}.shortcut"] = conv(f"{p}.shortcut", A(f"{p}.relu1"), r.strides)
+                    ref[f"{p}.conv{k}"] = conv(f"{p}.conv{k}", A(f"{p}.relu{k}"), stride, groups)
+                    inp = f"{p}.conv{k}"
+                shortcut = A(f"{p}.shortcut") if r.use_1x1conv else A(prev)
+                ref[p] = A(inp) + shortcut
+                prev = p
+                continue
             if isinstance(r, BottleneckSpec):  # 1x1, grouped 3x3, 1x1; the stride on stride_at
                 s1, s3 = (r.strides, 1) if r.stride_at == "1x1" else (1, r.strides)
                 ref[f"{p}.conv1"] = conv(f"{p}.conv1", A(prev), s1)
@@ -70,6 +88,10 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
                     shortcut = A(f"{p}.shortcut_bn")
             ref[p] = ref_np.relu(A(last) + shortcut)
             prev = p
+    if spec.preact:
+        ref["head.bn"] = bn("head.bn", A(prev))
+        ref["head.relu"] = ref_np.relu(A("head.bn"))
+        prev = "head.relu"
     ref["head.pool"] = A(prev).mean(axis=(2, 3), keepdims=True)
     ref["head.flatten"] = A("head.pool").reshape(len(x), -1)
     ref["head.fc"] = A("head.flatten") @ S("head.fc.weight").T + S("head.fc.bias")
@@ -79,7 +101,10 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
 @pytest.mark.parametrize("options", [
     {}, {"conv_bias": False, "shortcut_bn": True, "bn_eps": 1e-2},
     {"block": "bottleneck", "groups": 2, "stride_at": "1x1", "conv_bias": False,
-     "shortcut_bn": True, "bn_eps": 1e-2}], ids=["d2l", "torchvision-like", "resnext-v1"])
+     "shortcut_bn": True, "bn_eps": 1e-2},
+    {"preact": True, "bn_eps": 1e-2},
+    {"preact": True, "block": "bottleneck", "groups": 2, "conv_bias": False}],
+    ids=["d2l", "torchvision-like", "resnext-v1", "preact", "preact-resnext"])
 def test_every_activation_is_its_layers_definition(be, tiny, options):
     """conv (padding k//2, stride), eval BatchNorm with the spec's eps, ReLU, -inf-padded
     3x3/2 max pool, residual sum, global average pool, flatten, dense: each recorded activation
@@ -95,6 +120,9 @@ def test_every_activation_is_its_layers_definition(be, tiny, options):
     rows = compare(acts, ref, rtol=1e-5)
     print(format_rows(rows, f"{be.name}: recorded activation vs its definition (float64 numpy)"))
     assert all(r.ok for r in rows)
-    # ReLU outputs (stem.relu, relu1, each Residual's output) hold no negative value
+    # ReLU outputs (stem.relu, relu1, each post-activation block's output) hold no negative
+    # value; a pre-activation block's sum is not rectified
     assert all((acts[k] >= 0).all() for k in acts if k.endswith(("relu", "relu1", "relu2"))
-               or k.count(".") == 2)
+               or (k.count(".") == 2 and not spec.preact))
+    if spec.preact:
+        assert any((acts[k] < 0).any() for k in acts if k.count(".") == 2)

@@ -71,6 +71,9 @@ SMALL = {
     "v1": ResNetSpec(name="v1", in_channels=3, num_classes=5, block="bottleneck", stem_channels=8,
                      stage_channels=(16, 32), stage_blocks=(1, 1), stride_at="1x1",
                      bn_eps=1.001e-5, stem_pool=False),
+    "v2": ResNetSpec(name="v2", in_channels=3, num_classes=5, block="bottleneck", stem_channels=8,
+                     stage_channels=(16, 32), stage_blocks=(2, 1), groups=2, conv_bias=False,
+                     preact=True, stem_pool=False),
 }
 _runs: dict[tuple, object] = {}
 

@@ -160,3 +160,39 @@ def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
     gluon_param = getattr(resolve(gm, layer.attr), param)
     assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
     assert torch_keys(spec, torchvision=True)[key] == tv_key
+
+
+@pytest.fixture(scope="module")
+def preact_models():
+    from common import architecture
+    spec = architecture("resnet18_v2")
+    return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
+
+
+def _preact_rows() -> list[list[str]]:
+    """The table under "Pre-activation names": the second table with ``HEADER``'s columns."""
+    lines = DOC.read_text().splitlines()
+    start = lines.index("### Pre-activation names (v2)")
+    header = next(i for i in range(start, len(lines)) if lines[i].startswith(HEADER))
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([re.sub(r"^`(.*)`$", r"\1", c.strip()) for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.parametrize("row", _preact_rows(), ids=[r[0] for r in _preact_rows()])
+def test_preactivation_names_are_as_the_table_says(row, preact_models):
+    key, torch_key, keras_path, gluon_key = row
+    spec, models = preact_models
+    layer, param = _layer(spec, key)
+    tm, km, gm = models["torch"], models["tf"], models["mxnet"]
+    torch_param = getattr(resolve(tm, layer.attr), TORCH.get(param, param)
+                          if layer.kind == "bn" else param)
+    assert _ids(list(tm.named_parameters()) + list(tm.named_buffers()))[id(torch_param)] == torch_key
+    assert getattr(resolve(km, layer.attr), KERAS[param]).path == keras_path
+    gluon_param = getattr(resolve(gm, layer.attr), param)
+    assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
+    if key.startswith("stages.1.0.bn1."):  # a pre-activation bn1 normalises the block's input
+        assert layer.shapes[param] == (spec.stage_channels[0],)

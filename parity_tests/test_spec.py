@@ -312,3 +312,24 @@ def test_d2l_resnet18_keeps_d2ls_blocks():
               for b in stage.residuals()]
     assert blocks == [(1, False), (1, False), (2, True), (1, False), (2, True), (1, False),
                       (2, True), (1, False)]
+
+
+def test_a_preactivation_block_normalises_its_input_and_has_no_shortcut_batchnorm():
+    """v2 (He et al., Identity Mappings): each bn<k> sits before conv<k>, so bn1 has the
+    block's input channels; the shortcut is a bare 1x1 conv; the network adds head.bn."""
+    r = ResidualSpec(3, 6, use_1x1conv=True, strides=2, preact=True)
+    assert [(layer.name, layer.kind) for layer in r.layers()] == [
+        ("bn1", "bn"), ("conv1", "conv"), ("bn2", "bn"), ("conv2", "conv"), ("shortcut", "conv")]
+    assert param_shapes(r)["bn1.gamma"] == (3,) and param_shapes(r)["bn2.gamma"] == (6,)
+    b = BottleneckSpec(16, 32, 8, use_1x1conv=True, preact=True)
+    assert [layer.name for layer in b.layers()] == ["bn1", "conv1", "bn2", "conv2", "bn3", "conv3",
+                                                    "shortcut"]
+    assert param_shapes(b)["bn3.gamma"] == (8,)            # conv3's input, not its output
+    v2 = architecture("resnet18_v2")
+    assert param_shapes(v2)["head.bn.running_var"] == (512,)
+    assert "head.bn.gamma" not in param_shapes(resnet18_spec())
+    assert spec_from_json(v2.to_json()) == v2
+    with pytest.raises(ValueError, match="shortcut_bn is for post-activation blocks"):
+        ResNetSpec(preact=True, shortcut_bn=True)
+    with pytest.raises(ValueError, match="shortcut_bn is for post-activation blocks"):
+        architecture("resnet50", preact=True)   # torchvision's layout has shortcut BatchNorms

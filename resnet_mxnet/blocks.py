@@ -101,9 +101,80 @@ class Bottleneck(gluon.HybridBlock):
         return F.relu(Y + X)
 
 
+class PreActResidual(gluon.HybridBlock):
+    """The pre-activation Residual block (v2; He et al., Identity Mappings in Deep Residual
+    Networks; d2l's exercise): BatchNorm, ReLU, 3x3 conv, twice; the 1x1 conv shortcut
+    (``conv3``) reads the normalised input; nothing after the sum."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 in_channels: int = 0, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        with self.name_scope():
+            self.bn1 = batch_norm(in_channels, **bn)
+            self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
+                                   use_bias=conv_bias, in_channels=in_channels)
+            self.bn2 = batch_norm(num_channels, **bn)
+            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=conv_bias,
+                                   in_channels=num_channels)
+            self.conv3: Optional[nn.Conv2D] = (
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                          in_channels=in_channels) if use_1x1conv else None)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        Y = F.relu(self.bn1(X))
+        if self.conv3 is not None:
+            X = self.conv3(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(gluon.HybridBlock):
+    """The pre-activation bottleneck (v2): BatchNorm, ReLU, conv for each of its 1x1, 3x3
+    (grouped) and 1x1 convs; the 1x1 conv shortcut (``conv4``) reads the normalised input."""
+
+    def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
+                 strides: int = 1, *, in_channels: int = 0, groups: int = 1,
+                 stride_at: str = "3x3", conv_bias: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid = bottleneck_channels
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        with self.name_scope():
+            self.bn1 = batch_norm(in_channels, **bn)
+            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=conv_bias,
+                                   in_channels=in_channels)
+            self.bn2 = batch_norm(mid, **bn)
+            self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
+                                   use_bias=conv_bias, in_channels=mid)
+            self.bn3 = batch_norm(mid, **bn)
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=conv_bias,
+                                   in_channels=mid)
+            self.conv4: Optional[nn.Conv2D] = (
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                          in_channels=in_channels) if use_1x1conv else None)
+
+    def hybrid_forward(self, F: Any, X: Any) -> Any:
+        Y = F.relu(self.bn1(X))
+        if self.conv4 is not None:
+            X = self.conv4(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        return Y + X
+
+
+BLOCKS: dict[tuple[str, bool], type[gluon.HybridBlock]] = {
+    ("basic", False): Residual, ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int = 0, block: str = "basic", **options: Any
-                 ) -> nn.HybridSequential:
+                 in_channels: int = 0, block: str = "basic", preact: bool = False,
+                 **options: Any) -> nn.HybridSequential:
     """A ResNet stage: the first block halves height and width unless ``first_block``, and gets
     a 1x1 conv shortcut where it changes the shape.
 
@@ -112,9 +183,10 @@ def resnet_block(num_channels: int, num_residuals: int, first_block: bool = Fals
     its shortcut; 0 leaves shapes to Gluon's first call and gives the first block a shortcut
     exactly when it downsamples, as in d2l. ``block`` is ``"basic"`` (:class:`Residual`) or
     ``"bottleneck"`` (:class:`Bottleneck`, whose ``bottleneck_channels``, ``groups`` and
-    ``stride_at`` come in ``options``).
+    ``stride_at`` come in ``options``); with ``preact``, their pre-activation twins
+    (:data:`BLOCKS`).
     """
-    make = {"basic": Residual, "bottleneck": Bottleneck}[block]
+    make = BLOCKS[block, preact]
     blk = nn.HybridSequential()
     with blk.name_scope():
         for i in range(num_residuals):

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
 from ._compat import gluon, nn
-from .blocks import Bottleneck, Residual, batch_norm, resnet_block
+from .blocks import BLOCKS, batch_norm, resnet_block
 
 
 class Stem(gluon.HybridBlock):
@@ -36,17 +36,24 @@ class Stem(gluon.HybridBlock):
 
 
 class Head(gluon.HybridBlock):
-    """Global average ``pool``, ``flatten`` and the ``fc`` classifier. ``in_channels`` 0 defers
-    the classifier's shape to Gluon."""
+    """Global average ``pool``, ``flatten`` and the ``fc`` classifier; with ``preact`` (v2), a
+    BatchNorm ``bn`` and ReLU first: the pre-activation blocks' sums are never normalised
+    inside the stages. ``in_channels`` 0 defers the shapes to Gluon."""
 
-    def __init__(self, num_classes: int, *, in_channels: int = 0, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, *, in_channels: int = 0, preact: bool = False,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         with self.name_scope():
+            self.bn: Optional[nn.BatchNorm] = (
+                batch_norm(in_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
+                if preact else None)
             self.pool = nn.GlobalAvgPool2D()
             self.flatten = nn.Flatten()
             self.fc = nn.Dense(num_classes, in_units=in_channels)
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
+        if self.bn is not None:
+            x = F.relu(self.bn(x))
         return self.fc(self.flatten(self.pool(x)))
 
 
@@ -70,7 +77,8 @@ class ResNet(gluon.HybridBlock):
             with self.stages.name_scope():
                 for stage in spec.stages():
                     self.stages.add(block_from_spec(stage))
-            self.head = Head(spec.num_classes, in_channels=spec.stage_channels[-1])
+            self.head = Head(spec.num_classes, in_channels=spec.stage_channels[-1],
+                             preact=spec.preact, bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
 
     def forward_features(self, x: Any) -> Any:
         """Stem and stages: the last feature map (imperative or symbolic)."""
@@ -83,25 +91,29 @@ class ResNet(gluon.HybridBlock):
         return self.forward_head(self.forward_features(x))
 
 
-def residual_from_spec(spec: ResidualSpec) -> Residual:
-    """One :class:`Residual` for ``spec``, its input channels given (no deferred shapes)."""
-    return Residual(spec.num_channels, spec.use_1x1conv, spec.strides,
-                    in_channels=spec.input_channels, **spec.options())
+def residual_from_spec(spec: ResidualSpec) -> gluon.HybridBlock:
+    """One :class:`Residual` (or, ``preact``, :class:`PreActResidual`) for ``spec``, its input
+    channels given (no deferred shapes)."""
+    make = BLOCKS["basic", spec.preact]
+    return make(spec.num_channels, spec.use_1x1conv, spec.strides,
+                in_channels=spec.input_channels, **spec.layer_options())
 
 
-def bottleneck_from_spec(spec: BottleneckSpec) -> Bottleneck:
-    """One :class:`Bottleneck` for ``spec``, its input channels given (no deferred shapes)."""
-    return Bottleneck(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv,
-                      spec.strides, in_channels=spec.input_channels, groups=spec.groups,
-                      stride_at=spec.stride_at, **spec.options())
+def bottleneck_from_spec(spec: BottleneckSpec) -> gluon.HybridBlock:
+    """One :class:`Bottleneck` (or, ``preact``, :class:`PreActBottleneck`) for ``spec``, its
+    input channels given (no deferred shapes)."""
+    make = BLOCKS["bottleneck", spec.preact]
+    return make(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv, spec.strides,
+                in_channels=spec.input_channels, groups=spec.groups, stride_at=spec.stride_at,
+                **spec.layer_options())
 
 
 def block_from_spec(spec: ResnetBlockSpec) -> nn.HybridSequential:
     """One stage for ``spec``: a ``HybridSequential`` of blocks, ``stage[i]`` the i-th,
     its input channels given (no deferred shapes)."""
     return resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
-                        in_channels=spec.input_channels, block=spec.block,
-                        **spec.block_options(), **spec.options())
+                        in_channels=spec.input_channels, block=spec.block, preact=spec.preact,
+                        **spec.block_options(), **spec.layer_options())
 
 
 def resnet18(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNet:

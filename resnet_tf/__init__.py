@@ -1,4 +1,5 @@
-"""d2l's ResNet in Keras 3: ``Residual``, ``resnet_block``, ``ResNet``, ``resnet18``.
+"""d2l's ResNet in Keras 3: ``Residual``, ``Bottleneck``, their pre-activation twins,
+``resnet_block``, ``ResNet``, ``resnet18``.
 
 PyTorch's function, not the d2l Keras code's: stride-2 convolutions and the stem max pool pad
 symmetrically (:class:`PaddedConv2D`, :class:`PaddedMaxPooling2D`), and BatchNorm takes the
@@ -6,9 +7,12 @@ spec's eps and momentum. Data is NHWC inside Keras; ``_layout`` is the one NCHW 
 """
 
 from .blocks import (
+    BLOCKS,
     Bottleneck,
     PaddedConv2D,
     PaddedMaxPooling2D,
+    PreActBottleneck,
+    PreActResidual,
     Residual,
     ResnetBlock,
     batch_norm,
@@ -24,6 +28,7 @@ from .model import (
     resnet18,
 )
 
-__all__ = ["Bottleneck", "Head", "PaddedConv2D", "PaddedMaxPooling2D", "ResNet", "Residual",
-           "ResnetBlock", "Stem", "batch_norm", "block_from_spec", "bottleneck_from_spec",
-           "residual_from_spec", "resnet18", "resnet_block"]
+__all__ = ["BLOCKS", "Bottleneck", "Head", "PaddedConv2D", "PaddedMaxPooling2D", "PreActBottleneck",
+           "PreActResidual", "ResNet", "Residual", "ResnetBlock", "Stem", "batch_norm",
+           "block_from_spec", "bottleneck_from_spec", "residual_from_spec", "resnet18",
+           "resnet_block"]

@@ -246,6 +246,114 @@ class Bottleneck(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class PreActResidual(layers.Layer):
+    """The pre-activation Residual block (v2; He et al., Identity Mappings in Deep Residual
+    Networks; d2l's exercise): BatchNorm, ReLU, 3x3 conv, twice; the 1x1 conv shortcut
+    (``conv3``) reads the normalised input; nothing after the sum."""
+
+    def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
+                 conv_bias: bool = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._args = dict(num_channels=num_channels, use_1x1conv=use_1x1conv, strides=strides,
+                          conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        dt = self.dtype_policy
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
+        self.bn1 = batch_norm(**bn, name="bn1")
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=conv_bias,
+                                  name="conv1", dtype=dt)
+        self.bn2 = batch_norm(**bn, name="bn2")
+        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2", dtype=dt)
+        self.conv3: Optional[PaddedConv2D] = (
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3",
+                         dtype=dt) if use_1x1conv else None)
+
+    def build(self, input_shape: tuple) -> None:
+        self.bn1.build(input_shape)
+        self.conv1.build(input_shape)
+        shape = self.conv1.compute_output_shape(input_shape)
+        self.bn2.build(shape)
+        self.conv2.build(shape)
+        if self.conv3 is not None:
+            self.conv3.build(input_shape)
+
+    def call(self, X: Any, training: Optional[bool] = None) -> Any:
+        Y = ops.relu(self.bn1(X, training=training))
+        if self.conv3 is not None:
+            X = self.conv3(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(ops.relu(self.bn2(Y, training=training)))
+        return Y + X
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return self.conv1.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._args}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PreActBottleneck(layers.Layer):
+    """The pre-activation bottleneck (v2): BatchNorm, ReLU, conv for each of its 1x1, 3x3
+    (grouped) and 1x1 convs; the 1x1 conv shortcut (``conv4``) reads the normalised input."""
+
+    def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
+                 strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
+                 conv_bias: bool = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
+                          use_1x1conv=use_1x1conv, strides=strides, groups=groups,
+                          stride_at=stride_at, conv_bias=conv_bias, bn_eps=bn_eps,
+                          bn_momentum=bn_momentum)
+        dt, mid = self.dtype_policy, bottleneck_channels
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        self.bn1 = batch_norm(**bn, name="bn1")
+        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=conv_bias, name="conv1", dtype=dt)
+        self.bn2 = batch_norm(**bn, name="bn2")
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=conv_bias,
+                                  name="conv2", dtype=dt)
+        self.bn3 = batch_norm(**bn, name="bn3")
+        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=conv_bias, name="conv3", dtype=dt)
+        self.conv4: Optional[PaddedConv2D] = (
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv4",
+                         dtype=dt) if use_1x1conv else None)
+
+    def build(self, input_shape: tuple) -> None:
+        shape = input_shape
+        for bn, conv in ((self.bn1, self.conv1), (self.bn2, self.conv2), (self.bn3, self.conv3)):
+            bn.build(shape)
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        if self.conv4 is not None:
+            self.conv4.build(input_shape)
+
+    def call(self, X: Any, training: Optional[bool] = None) -> Any:
+        Y = ops.relu(self.bn1(X, training=training))
+        if self.conv4 is not None:
+            X = self.conv4(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(ops.relu(self.bn2(Y, training=training)))
+        Y = self.conv3(ops.relu(self.bn3(Y, training=training)))
+        return Y + X
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        shape = input_shape
+        for conv in (self.conv1, self.conv2, self.conv3):
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self._args}
+
+
+BLOCKS: dict[tuple[str, bool], type[layers.Layer]] = {
+    ("basic", False): Residual, ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class ResnetBlock(layers.Layer):
     """A ResNet stage (d2l's ``ResnetBlock``): the first block halves height and width unless
     ``first_block``, and gets a 1x1 conv shortcut where it changes the shape. ``block[i]`` is
@@ -255,31 +363,32 @@ class ResnetBlock(layers.Layer):
     where they decide the shortcut (a first stage that widens, as every bottleneck network's
     does); left at 0, the first block gets one exactly when it downsamples, as in d2l.
     ``block`` is ``"basic"`` (:class:`Residual`) or ``"bottleneck"`` (:class:`Bottleneck`,
-    with ``bottleneck_channels``, ``groups`` and ``stride_at``).
+    with ``bottleneck_channels``, ``groups`` and ``stride_at``); with ``preact``, their
+    pre-activation twins (:data:`BLOCKS`), which take no ``shortcut_bn``.
     """
 
     def __init__(self, num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int = 0, block: str = "basic", bottleneck_channels: int = 0,
-                 groups: int = 1, stride_at: str = "3x3", conv_bias: bool = True,
-                 shortcut_bn: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 **kwargs: Any) -> None:
+                 in_channels: int = 0, block: str = "basic", preact: bool = False,
+                 bottleneck_channels: int = 0, groups: int = 1, stride_at: str = "3x3",
+                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_channels, self.num_residuals, self.first_block = (
             num_channels, num_residuals, first_block)
-        self.in_channels, self.block = in_channels, block
-        self.residual_options = dict(conv_bias=conv_bias, shortcut_bn=shortcut_bn,
-                                     bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.in_channels, self.block, self.preact = in_channels, block, preact
+        self.residual_options = dict(conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                                     **({} if preact else {"shortcut_bn": shortcut_bn}))
         self.block_options = ({} if block == "basic" else dict(
             bottleneck_channels=bottleneck_channels, groups=groups, stride_at=stride_at))
+        make = BLOCKS[block, preact]
         self.residual_layers: list[layers.Layer] = []
         for i in range(num_residuals):
             strides = 2 if i == 0 and not first_block else 1
             widens = i == 0 and in_channels not in (0, num_channels)
-            options = dict(use_1x1conv=strides != 1 or widens, strides=strides,
-                           **self.block_options, **self.residual_options, name=str(i),
-                           dtype=self.dtype_policy)
-            self.residual_layers.append(Residual(num_channels, **options) if block == "basic"
-                                        else Bottleneck(num_channels, **options))
+            self.residual_layers.append(make(
+                num_channels, use_1x1conv=strides != 1 or widens, strides=strides,
+                **self.block_options, **self.residual_options, name=str(i),
+                dtype=self.dtype_policy))
 
     def __getitem__(self, i: int) -> layers.Layer:
         return self.residual_layers[i]
@@ -305,13 +414,14 @@ class ResnetBlock(layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_channels": self.num_channels,
                 "num_residuals": self.num_residuals, "first_block": self.first_block,
-                "in_channels": self.in_channels, "block": self.block, **self.block_options,
-                **self.residual_options}
+                "in_channels": self.in_channels, "block": self.block, "preact": self.preact,
+                **self.block_options, **self.residual_options}
 
 
 def resnet_block(num_channels: int, num_residuals: int, first_block: bool = False, *,
-                 in_channels: int = 0, block: str = "basic", **options: Any) -> ResnetBlock:
+                 in_channels: int = 0, block: str = "basic", preact: bool = False,
+                 **options: Any) -> ResnetBlock:
     """d2l's ``resnet_block``: a :class:`ResnetBlock` of ``num_residuals`` blocks (see there
-    for ``in_channels`` and ``block``)."""
+    for ``in_channels``, ``block`` and ``preact``)."""
     return ResnetBlock(num_channels, num_residuals, first_block, in_channels=in_channels,
-                       block=block, **options)
+                       block=block, preact=preact, **options)

@@ -24,10 +24,9 @@ from common.core.spec import (
 )
 
 from .blocks import (
-    Bottleneck,
+    BLOCKS,
     PaddedConv2D,
     PaddedMaxPooling2D,
-    Residual,
     ResnetBlock,
     batch_norm,
     resnet_block,
@@ -73,27 +72,38 @@ class Stem(layers.Layer):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Head(layers.Layer):
     """Global average ``pool`` (kept 4-D, like PyTorch's ``AdaptiveAvgPool2d(1)``), ``flatten``
-    and the ``fc`` classifier."""
+    and the ``fc`` classifier; with ``preact`` (v2), a BatchNorm ``bn`` and ReLU first: the
+    pre-activation blocks' sums are never normalised inside the stages."""
 
-    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, *, preact: bool = False, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._args = dict(num_classes=num_classes, preact=preact, bn_eps=bn_eps,
+                          bn_momentum=bn_momentum)
         self.num_classes = num_classes
         dt = self.dtype_policy
+        self.bn: Optional[layers.BatchNormalization] = (
+            batch_norm(bn_eps=bn_eps, bn_momentum=bn_momentum, name="bn", dtype=dt)
+            if preact else None)
         self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool", dtype=dt)
         self.flatten = layers.Flatten(name="flatten", dtype=dt)
         self.fc = layers.Dense(num_classes, name="fc", dtype=dt)
 
     def build(self, input_shape: tuple) -> None:
+        if self.bn is not None:
+            self.bn.build(input_shape)
         self.fc.build((input_shape[0], input_shape[-1]))
 
-    def call(self, x: Any) -> Any:
+    def call(self, x: Any, training: Optional[bool] = None) -> Any:
+        if self.bn is not None:
+            x = ops.relu(self.bn(x, training=training))
         return self.fc(self.flatten(self.pool(x)))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], self.num_classes)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_classes": self.num_classes}
+        return {**super().get_config(), **self._args}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -121,10 +131,11 @@ class ResNet(keras.Model):
         # name ("resnet18/stages.1/0/conv3/kernel").
         self.stages = [resnet_block(s.num_channels, s.num_residuals, s.first_block,
                                     in_channels=s.input_channels, block=s.block,
-                                    **s.block_options(), **s.options(), name=f"stages.{i}",
-                                    dtype=dt)
+                                    preact=s.preact, **s.block_options(), **s.layer_options(),
+                                    name=f"stages.{i}", dtype=dt)
                        for i, s in enumerate(spec.stages())]
-        self.head = Head(spec.num_classes, name="head", dtype=dt)
+        self.head = Head(spec.num_classes, preact=spec.preact, bn_eps=spec.bn_eps,
+                         bn_momentum=spec.bn_momentum, name="head", dtype=dt)
         self.build((None, None, None, spec.in_channels))
 
     def build(self, input_shape: tuple) -> None:
@@ -141,11 +152,11 @@ class ResNet(keras.Model):
             x = stage(x, training=training)
         return x
 
-    def forward_head(self, x: Any) -> Any:
-        return self.head(x)
+    def forward_head(self, x: Any, training: Optional[bool] = None) -> Any:
+        return self.head(x, training=training)
 
     def call(self, x: Any, training: Optional[bool] = None) -> Any:
-        return self.forward_head(self.forward_features(x, training=training))
+        return self.forward_head(self.forward_features(x, training=training), training=training)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], self.spec.num_classes)
@@ -160,19 +171,22 @@ class ResNet(keras.Model):
         return cls(spec, **config)
 
 
-def residual_from_spec(spec: ResidualSpec, **kwargs: Any) -> Residual:
-    """One :class:`Residual` for ``spec``, built for its input channels (its weights exist)."""
-    layer = Residual(spec.num_channels, spec.use_1x1conv, spec.strides, **spec.options(),
-                     **kwargs)
+def residual_from_spec(spec: ResidualSpec, **kwargs: Any) -> layers.Layer:
+    """One :class:`Residual` (or, ``preact``, :class:`PreActResidual`) for ``spec``, built for
+    its input channels (its weights exist)."""
+    make = BLOCKS["basic", spec.preact]
+    layer = make(spec.num_channels, spec.use_1x1conv, spec.strides, **spec.layer_options(),
+                 **kwargs)
     layer.build((None, None, None, spec.input_channels))
     return layer
 
 
-def bottleneck_from_spec(spec: BottleneckSpec, **kwargs: Any) -> Bottleneck:
-    """One :class:`Bottleneck` for ``spec``, built for its input channels (its weights exist)."""
-    layer = Bottleneck(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv,
-                       spec.strides, groups=spec.groups, stride_at=spec.stride_at,
-                       **spec.options(), **kwargs)
+def bottleneck_from_spec(spec: BottleneckSpec, **kwargs: Any) -> layers.Layer:
+    """One :class:`Bottleneck` (or, ``preact``, :class:`PreActBottleneck`) for ``spec``, built
+    for its input channels (its weights exist)."""
+    make = BLOCKS["bottleneck", spec.preact]
+    layer = make(spec.num_channels, spec.bottleneck_channels, spec.use_1x1conv, spec.strides,
+                 groups=spec.groups, stride_at=spec.stride_at, **spec.layer_options(), **kwargs)
     layer.build((None, None, None, spec.input_channels))
     return layer
 
@@ -181,8 +195,8 @@ def block_from_spec(spec: ResnetBlockSpec, **kwargs: Any) -> ResnetBlock:
     """One stage for ``spec``: a :class:`ResnetBlock`, ``stage[i]`` the i-th block, built
     for its input channels (its weights exist)."""
     block = resnet_block(spec.num_channels, spec.num_residuals, spec.first_block,
-                         in_channels=spec.input_channels, block=spec.block,
-                         **spec.block_options(), **spec.options(), **kwargs)
+                         in_channels=spec.input_channels, block=spec.block, preact=spec.preact,
+                         **spec.block_options(), **spec.layer_options(), **kwargs)
     block.build((None, None, None, spec.input_channels))
     return block
 

@@ -1,7 +1,7 @@
-"""d2l's ResNet in PyTorch: ``Residual``, ``Bottleneck``, ``resnet_block``, ``ResNet``,
-``resnet18``."""
+"""d2l's ResNet in PyTorch: ``Residual``, ``Bottleneck``, their pre-activation twins,
+``resnet_block``, ``ResNet``, ``resnet18``."""
 
-from .blocks import Bottleneck, Residual, batch_norm, resnet_block
+from .blocks import BLOCKS, Bottleneck, PreActBottleneck, PreActResidual, Residual, batch_norm, resnet_block
 from .model import (
     Head,
     ResNet,
@@ -12,5 +12,6 @@ from .model import (
     resnet18,
 )
 
-__all__ = ["Bottleneck", "Head", "ResNet", "Residual", "Stem", "batch_norm", "block_from_spec",
-           "bottleneck_from_spec", "residual_from_spec", "resnet18", "resnet_block"]
+__all__ = ["BLOCKS", "Bottleneck", "Head", "PreActBottleneck", "PreActResidual", "ResNet", "Residual",
+           "Stem", "batch_norm", "block_from_spec", "bottleneck_from_spec", "residual_from_spec",
+           "resnet18", "resnet_block"]

@@ -87,18 +87,84 @@ class Bottleneck(nn.Module):
         return F.relu(Y + X)
 
 
+class PreActResidual(nn.Module):
+    """The pre-activation Residual block (v2; He et al., Identity Mappings in Deep Residual
+    Networks; d2l's exercise): BatchNorm, ReLU, 3x3 conv, twice; the 1x1 conv shortcut
+    (``conv3``) reads the normalised input; nothing after the sum."""
+
+    def __init__(self, input_channels: int, num_channels: int, use_1x1conv: bool = False,
+                 strides: int = 1, *, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.bn1 = batch_norm(input_channels, **bn)
+        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
+                               stride=strides, bias=conv_bias)
+        self.bn2 = batch_norm(num_channels, **bn)
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
+                               bias=conv_bias)
+        self.conv3 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
+                                bias=conv_bias) if use_1x1conv else None)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = F.relu(self.bn1(X))
+        if self.conv3 is not None:
+            X = self.conv3(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(nn.Module):
+    """The pre-activation bottleneck (v2): BatchNorm, ReLU, conv for each of its 1x1, 3x3
+    (grouped) and 1x1 convs; the 1x1 conv shortcut (``conv4``) reads the normalised input."""
+
+    def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
+                 use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
+                 stride_at: str = "3x3", conv_bias: bool = True, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid = bottleneck_channels
+        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        self.bn1 = batch_norm(input_channels, **bn)
+        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=conv_bias)
+        self.bn2 = batch_norm(mid, **bn)
+        self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
+                               bias=conv_bias)
+        self.bn3 = batch_norm(mid, **bn)
+        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=conv_bias)
+        self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
+                                bias=conv_bias) if use_1x1conv else None)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = F.relu(self.bn1(X))
+        if self.conv4 is not None:
+            X = self.conv4(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        return Y + X
+
+
+BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
+    ("basic", False): Residual, ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
 def resnet_block(input_channels: int, num_channels: int, num_residuals: int,
-                 first_block: bool = False, *, block: str = "basic",
+                 first_block: bool = False, *, block: str = "basic", preact: bool = False,
                  **options: Any) -> list[nn.Module]:
     """A ResNet stage: the first block halves height and width unless ``first_block``, and gets
     a 1x1 conv shortcut where it changes the shape (for d2l's stages: exactly when it halves).
 
     ``block`` is ``"basic"`` (:class:`Residual`) or ``"bottleneck"`` (:class:`Bottleneck`,
-    whose ``bottleneck_channels``, ``groups`` and ``stride_at`` come in ``options``). Returns
+    whose ``bottleneck_channels``, ``groups`` and ``stride_at`` come in ``options``); with
+    ``preact``, their pre-activation twins (:data:`BLOCKS`). Returns
     a list, as d2l's PyTorch ``resnet_block`` does (``nn.Sequential(*resnet_block(...))`` makes
     the stage; :func:`resnet_torch.model.block_from_spec` does that).
     """
-    make = {"basic": Residual, "bottleneck": Bottleneck}[block]
+    make = BLOCKS[block, preact]
     blk = []
     for i in range(num_residuals):
         cin = input_channels if i == 0 else num_channels

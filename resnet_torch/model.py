@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
 
-from .blocks import Bottleneck, Residual, batch_norm, resnet_block
+from .blocks import BLOCKS, batch_norm, resnet_block
 
 
 class Stem(nn.Module):
@@ -33,15 +33,22 @@ class Stem(nn.Module):
 
 
 class Head(nn.Module):
-    """Global average ``pool`` (kept 4-D), ``flatten`` and the ``fc`` classifier."""
+    """Global average ``pool`` (kept 4-D), ``flatten`` and the ``fc`` classifier; with
+    ``preact`` (v2), a BatchNorm ``bn`` and ReLU first: the pre-activation blocks' sums are
+    never normalised inside the stages."""
 
-    def __init__(self, input_channels: int, num_classes: int) -> None:
+    def __init__(self, input_channels: int, num_classes: int, *, preact: bool = False,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
+        self.bn: Optional[nn.BatchNorm2d] = (
+            batch_norm(input_channels, bn_eps=bn_eps, bn_momentum=bn_momentum) if preact else None)
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(input_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None:
+            x = F.relu(self.bn(x))
         return self.fc(self.flatten(self.pool(x)))
 
 
@@ -59,7 +66,8 @@ class ResNet(nn.Module):
                          spec.stem_pool, conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
                          bn_momentum=spec.bn_momentum)
         self.stages = nn.Sequential(*(block_from_spec(s) for s in spec.stages()))
-        self.head = Head(spec.stage_channels[-1], spec.num_classes)
+        self.head = Head(spec.stage_channels[-1], spec.num_classes, preact=spec.preact,
+                         bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and stages: the last feature map."""
@@ -72,24 +80,27 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def residual_from_spec(spec: ResidualSpec) -> Residual:
-    """One :class:`Residual` for ``spec``."""
-    return Residual(spec.input_channels, spec.num_channels, spec.use_1x1conv, spec.strides,
-                    **spec.options())
+def residual_from_spec(spec: ResidualSpec) -> nn.Module:
+    """One :class:`Residual` (or, ``preact``, :class:`PreActResidual`) for ``spec``."""
+    make = BLOCKS["basic", spec.preact]
+    return make(spec.input_channels, spec.num_channels, spec.use_1x1conv, spec.strides,
+                **spec.layer_options())
 
 
-def bottleneck_from_spec(spec: BottleneckSpec) -> Bottleneck:
-    """One :class:`Bottleneck` for ``spec``."""
-    return Bottleneck(spec.input_channels, spec.num_channels, spec.bottleneck_channels,
-                      spec.use_1x1conv, spec.strides, groups=spec.groups,
-                      stride_at=spec.stride_at, **spec.options())
+def bottleneck_from_spec(spec: BottleneckSpec) -> nn.Module:
+    """One :class:`Bottleneck` (or, ``preact``, :class:`PreActBottleneck`) for ``spec``."""
+    make = BLOCKS["bottleneck", spec.preact]
+    return make(spec.input_channels, spec.num_channels, spec.bottleneck_channels,
+                spec.use_1x1conv, spec.strides, groups=spec.groups, stride_at=spec.stride_at,
+                **spec.layer_options())
 
 
 def block_from_spec(spec: ResnetBlockSpec) -> nn.Sequential:
     """One stage for ``spec``: an ``nn.Sequential`` of blocks, ``stage[i]`` the i-th."""
     return nn.Sequential(*resnet_block(spec.input_channels, spec.num_channels,
                                        spec.num_residuals, spec.first_block, block=spec.block,
-                                       **spec.block_options(), **spec.options()))
+                                       preact=spec.preact, **spec.block_options(),
+                                       **spec.layer_options()))
 
 
 def resnet18(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNet:

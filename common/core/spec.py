@@ -64,15 +64,29 @@ class _Options:
     shortcut_bn: bool = False       # d2l's 1x1 shortcut has no BatchNorm; torchvision's has
     bn_eps: float = 1e-5            # PyTorch's and Gluon's default; Keras defaults to 1e-3
     bn_momentum: float = TORCH_BN_MOMENTUM  # PyTorch convention, see above
+    preact: bool = False            # v2: BatchNorm-ReLU-conv blocks (He et al., Identity Mappings)
 
     def _check_options(self) -> None:
         if not 0.0 < self.bn_eps < 1.0:
             raise ValueError(f"bn_eps must be in (0, 1), got {self.bn_eps}")
         if not 0.0 <= self.bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.preact and self.shortcut_bn:
+            raise ValueError("shortcut_bn is for post-activation blocks: a pre-activation "
+                             "(preact=True) block's 1x1 shortcut is a bare conv on the "
+                             "normalised input")
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(_Options)}
+
+    def layer_options(self) -> dict[str, Any]:
+        """What a block's constructor takes of the options: all but ``preact`` (which picks
+        the block's class), and ``shortcut_bn`` only for post-activation blocks."""
+        out = self.options()
+        del out["preact"]
+        if self.preact:
+            del out["shortcut_bn"]
+        return out
 
     # -- serialisation shared by every unit ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +102,12 @@ class _Options:
 
 @dataclass(frozen=True)
 class ResidualSpec(_Options):
-    """d2l's ``Residual``: two 3x3 convs with BatchNorm, an optional 1x1 conv shortcut."""
+    """d2l's ``Residual``: two 3x3 convs with BatchNorm, an optional 1x1 conv shortcut.
+
+    With ``preact`` it is the pre-activation block (v2, d2l's exercise): BatchNorm-ReLU-conv
+    twice, ``bn1`` on the block's input, the shortcut conv on that normalised input, and no
+    ReLU after the sum.
+    """
 
     input_channels: int = 64
     num_channels: int = 64
@@ -107,12 +126,13 @@ class ResidualSpec(_Options):
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
         b, cin, c = self.conv_bias, self.input_channels, self.num_channels
-        out = [
-            _conv(_join(prefix, "conv1"), attr + ("conv1",), cin, c, 3, b),
-            _bn(_join(prefix, "bn1"), attr + ("bn1",), c),
-            _conv(_join(prefix, "conv2"), attr + ("conv2",), c, c, 3, b),
-            _bn(_join(prefix, "bn2"), attr + ("bn2",), c),
-        ]
+        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, c, 3, b),
+                 _conv(_join(prefix, "conv2"), attr + ("conv2",), c, c, 3, b)]
+        # each BatchNorm normalises its conv's output, or (preact) its conv's input
+        widths = (cin, c) if self.preact else (c, c)
+        bns = [_bn(_join(prefix, f"bn{k}"), attr + (f"bn{k}",), w) for k, w in enumerate(widths, 1)]
+        pairs = zip(bns, convs) if self.preact else zip(convs, bns)
+        out = [layer for pair in pairs for layer in pair]
         if self.use_1x1conv:
             out.append(_conv(_join(prefix, "shortcut"), attr + ("conv3",), cin, c, 1, b))
             if self.shortcut_bn:
@@ -138,6 +158,7 @@ class BottleneckSpec(_Options):
     ``"1x1"`` (v1: the paper, keras.applications, GluonCV v1). The attribute names number the
     convs as d2l's ``Residual`` does: ``conv1``..``conv3`` on the main path, ``conv4`` (and
     ``bn4``) on the shortcut, whose canonical names are ``shortcut`` and ``shortcut_bn``.
+    With ``preact`` (v2) each BatchNorm comes before its conv (``bn1`` on the block's input).
     """
 
     input_channels: int = 256
@@ -166,14 +187,14 @@ class BottleneckSpec(_Options):
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
         b, cin, mid, c = self.conv_bias, self.input_channels, self.bottleneck_channels, self.num_channels
-        out = [
-            _conv(_join(prefix, "conv1"), attr + ("conv1",), cin, mid, 1, b),
-            _bn(_join(prefix, "bn1"), attr + ("bn1",), mid),
-            _conv(_join(prefix, "conv2"), attr + ("conv2",), mid, mid, 3, b, self.groups),
-            _bn(_join(prefix, "bn2"), attr + ("bn2",), mid),
-            _conv(_join(prefix, "conv3"), attr + ("conv3",), mid, c, 1, b),
-            _bn(_join(prefix, "bn3"), attr + ("bn3",), c),
-        ]
+        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, mid, 1, b),
+                 _conv(_join(prefix, "conv2"), attr + ("conv2",), mid, mid, 3, b, self.groups),
+                 _conv(_join(prefix, "conv3"), attr + ("conv3",), mid, c, 1, b)]
+        # each BatchNorm normalises its conv's output, or (preact) its conv's input
+        widths = (cin, mid, mid) if self.preact else (mid, mid, c)
+        bns = [_bn(_join(prefix, f"bn{k}"), attr + (f"bn{k}",), w) for k, w in enumerate(widths, 1)]
+        pairs = zip(bns, convs) if self.preact else zip(convs, bns)
+        out = [layer for pair in pairs for layer in pair]
         if self.use_1x1conv:
             out.append(_conv(_join(prefix, "shortcut"), attr + ("conv4",), cin, c, 1, b))
             if self.shortcut_bn:
@@ -244,7 +265,8 @@ class ResnetBlockSpec(_Options):
 class ResNetSpec(_Options):
     """A ResNet: stem (conv, BN, ReLU, max pool), stages of blocks, head (pool, flatten, fc).
 
-    d2l's ResNet-18 by default. ``block``, ``groups``, ``width_per_group`` and ``stride_at``
+    d2l's ResNet-18 by default. ``preact`` makes it v2 (pre-activation blocks, and a BatchNorm
+    and ReLU, ``head.bn``, before the pool). ``block``, ``groups``, ``width_per_group`` and ``stride_at``
     make the family: bottleneck blocks whose 3x3 conv is ``stage_channels[i] // 4 *
     width_per_group // 64 * groups`` wide, as torchvision computes it (ResNeXt-50 32x4d: 128 in
     the first stage; Wide ResNet-50-2: ``width_per_group=128``). ``labels`` names the classes.
@@ -328,6 +350,8 @@ class ResNetSpec(_Options):
         for i, stage in enumerate(self.stages()):
             out += stage.layers(_join(prefix, f"stages.{i}"), attr + ("stages", i))
         c = self.stage_channels[-1]
+        if self.preact:  # v2: the last block's sum is normalised before the pool
+            out.append(_bn(_join(prefix, "head.bn"), attr + ("head", "bn"), c))
         out.append(Layer(_join(prefix, "head.fc"), attr + ("head", "fc"), "dense",
                          {"weight": (self.num_classes, c), "bias": (self.num_classes,)}))
         return out
@@ -455,6 +479,20 @@ def resnet50_v1_spec(**options: Any) -> ResNetSpec:
                             "bn_eps": 1.001e-5, **options})
 
 
+def resnet18_v2_spec(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNetSpec:
+    """d2l's ResNet-18 with pre-activation blocks (the chapter's exercise; He et al. 2016,
+    Identity Mappings): BatchNorm-ReLU-conv blocks and a BatchNorm-ReLU before the pool."""
+    return ResNetSpec(**{"name": "resnet18_v2", "in_channels": in_channels,
+                         "num_classes": num_classes, "preact": True, **options})
+
+
+def resnet50_v2_spec(**options: Any) -> ResNetSpec:
+    """The pre-activation ResNet-50 (He et al. 2016, Identity Mappings; fb.resnet.torch's
+    preresnet): torchvision's widths and 3x3 stride, no conv bias, bare 1x1 conv shortcuts."""
+    return resnet50_spec(**{"name": "resnet50_v2", "preact": True, "shortcut_bn": False,
+                            **options})
+
+
 def _keras_applications(arch: str, make: Callable[..., ResNetSpec], **options: Any) -> ResNetSpec:
     """keras.applications' ResNet (v1): the stride on each stage's first 1x1 conv, a bias on
     every conv, BatchNorm eps 1.001e-5 and Keras's momentum 0.99 (0.01 in PyTorch's convention)."""
@@ -476,7 +514,7 @@ def keras_resnet152_spec(**options: Any) -> ResNetSpec:
 
 # The standard members by name (what --arch says). resnet18 is d2l's, the suite's default; the
 # others are torchvision's and Hugging Face's layout (v1.5), except resnet50_v1 and the
-# keras.applications members (v1).
+# keras.applications members (v1) and the pre-activation members (v2).
 ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "resnet18": resnet18_spec,
     "torchvision-resnet18": torchvision_resnet18_spec,
@@ -490,6 +528,8 @@ ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "wide_resnet50_2": wide_resnet50_2_spec,
     "wide_resnet101_2": wide_resnet101_2_spec,
     "resnet50_v1": resnet50_v1_spec,
+    "resnet18_v2": resnet18_v2_spec,
+    "resnet50_v2": resnet50_v2_spec,
     "keras-resnet50": keras_resnet50_spec,
     "keras-resnet101": keras_resnet101_spec,
     "keras-resnet152": keras_resnet152_spec,

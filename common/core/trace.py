@@ -9,7 +9,7 @@ definition applied to the activation before it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -99,7 +99,27 @@ def _walk_bottleneck(r: BottleneckSpec, ops: TraceOps, x: Any, prefix: str, attr
     return _shortcut_sum(r, ops, step, x, y, prefix, rec, conv="conv4", bn="bn4")
 
 
+def _walk_preact(r: Union[ResidualSpec, BottleneckSpec], ops: TraceOps, x: Any, prefix: str,
+                 attr: tuple, rec: Record) -> Any:
+    """A pre-activation block (v2): BatchNorm, ReLU, conv for each conv of the main path; the
+    1x1 shortcut conv reads the first normalised input; no ReLU after the sum."""
+    step = _stepper(ops, prefix, attr, rec)
+    y = x
+    convs = 3 if isinstance(r, BottleneckSpec) else 2
+    for k in range(1, convs + 1):
+        y = ops.relu(step(f"bn{k}", f"bn{k}", y))
+        rec(f"{prefix}.relu{k}", y)
+        if k == 1 and r.use_1x1conv:
+            x = step("shortcut", "conv4" if convs == 3 else "conv3", y)
+        y = step(f"conv{k}", f"conv{k}", y)
+    y = ops.add(y, x)
+    rec(prefix, y)
+    return y
+
+
 def _walk_unit(r: Any, ops: TraceOps, x: Any, prefix: str, attr: tuple, rec: Record) -> Any:
+    if r.preact:
+        return _walk_preact(r, ops, x, prefix, attr, rec)
     walk_block = _walk_bottleneck if isinstance(r, BottleneckSpec) else _walk_residual
     return walk_block(r, ops, x, prefix, attr, rec)
 
@@ -125,6 +145,9 @@ def _walk_resnet(s: ResNetSpec, ops: TraceOps, x: Any, rec: Record) -> Any:
         x = step("stem.pool", x)
     for i, stage in enumerate(s.stages()):
         x = _walk_block(stage, ops, x, f"stages.{i}", ("stages", i), rec)
+    if s.preact:
+        x = ops.relu(step("head.bn", x))
+        rec("head.relu", x)
     for name in ("head.pool", "head.flatten", "head.fc"):
         x = step(name, x)
     return x
