@@ -33,7 +33,8 @@ UNITS = [ResidualSpec(3, 6, use_1x1conv=True, strides=2),
                          block="bottleneck", bottleneck_channels=4),
          ResidualSpec(3, 6, use_1x1conv=True, strides=2, preact=True),
          BottleneckSpec(3, 8, 4, use_1x1conv=True, strides=2, groups=2, preact=True),
-         ResnetBlockSpec(input_channels=4, num_channels=8, num_residuals=2, preact=True)]
+         ResnetBlockSpec(input_channels=4, num_channels=8, num_residuals=2, preact=True),
+         BottleneckSpec(3, 8, 4, use_1x1conv=True, strides=2, conv_bias=("1x1", "shortcut"))]
 
 
 def test_build_default_is_resnet18(be):

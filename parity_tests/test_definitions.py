@@ -103,8 +103,9 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     {"block": "bottleneck", "groups": 2, "stride_at": "1x1", "conv_bias": False,
      "shortcut_bn": True, "bn_eps": 1e-2},
     {"preact": True, "bn_eps": 1e-2},
-    {"preact": True, "block": "bottleneck", "groups": 2, "conv_bias": False}],
-    ids=["d2l", "torchvision-like", "resnext-v1", "preact", "preact-resnext"])
+    {"preact": True, "block": "bottleneck", "groups": 2, "conv_bias": False},
+    {"block": "bottleneck", "stride_at": "1x1", "conv_bias": ("1x1",), "shortcut_bn": True}],
+    ids=["d2l", "torchvision-like", "resnext-v1", "preact", "preact-resnext", "bias-on-1x1-only"])
 def test_every_activation_is_its_layers_definition(be, tiny, options):
     """conv (padding k//2, stride), eval BatchNorm with the spec's eps, ReLU, -inf-padded
     3x3/2 max pool, residual sum, global average pool, flatten, dense: each recorded activation

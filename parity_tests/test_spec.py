@@ -333,3 +333,27 @@ def test_a_preactivation_block_normalises_its_input_and_has_no_shortcut_batchnor
         ResNetSpec(preact=True, shortcut_bn=True)
     with pytest.raises(ValueError, match="shortcut_bn is for post-activation blocks"):
         architecture("resnet50", preact=True)   # torchvision's layout has shortcut BatchNorms
+
+
+def test_conv_bias_is_on_or_off_per_kind_of_conv():
+    """True (d2l, keras.applications), False (torchvision, Hugging Face) or the kinds that have
+    one: GluonCV's v1 bottleneck keeps a bias on its two 1x1 convs only."""
+    spec = architecture("resnet50", conv_bias=["1x1"])
+    biases = [k for k in param_shapes(spec) if k.endswith(".bias") and ".bn" not in k
+              and "shortcut_bn" not in k]
+    assert "stages.0.0.conv1.bias" in biases and "stages.0.0.conv3.bias" in biases
+    assert not any(k.endswith(("conv2.bias", "shortcut.bias")) or k.startswith("stem.")
+                   for k in biases)
+    assert spec.conv_bias == ("1x1",) and spec_from_json(spec.to_json()) == spec
+    assert [layer.name for layer in ResidualSpec(3, 6, use_1x1conv=True, strides=2,
+                                                 conv_bias=("shortcut",)).layers()
+            if "bias" in layer.shapes] == ["shortcut"]
+    assert param_shapes(ResNetSpec(conv_bias=("stem",)))["stem.conv.bias"] == (64,)
+    # one spelling per meaning: every kind is True, none is False, order does not matter
+    assert ResNetSpec(conv_bias=["shortcut", "3x3", "1x1", "stem"]).conv_bias is True
+    assert ResNetSpec(conv_bias=[]).conv_bias is False
+    assert ResNetSpec(conv_bias=["shortcut", "stem"]) == ResNetSpec(conv_bias=("stem", "shortcut"))
+    with pytest.raises(ValueError, match=r"conv_bias names unknown conv kind\(s\) \['5x5'\]"):
+        ResNetSpec(conv_bias=["5x5"])
+    with pytest.raises(ValueError, match="conv_bias must be True, False or a list"):
+        ResNetSpec(conv_bias="stem")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from common.core.spec import ConvBias, bias_by_kind
+
 from ._compat import gluon, nn
 
 
@@ -33,17 +35,18 @@ class Residual(gluon.HybridBlock):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int = 0, conv_bias: bool = True, shortcut_bn: bool = False,
+                 in_channels: int = 0, conv_bias: ConvBias = True, shortcut_bn: bool = False,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         with self.name_scope():
             self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                   use_bias=conv_bias, in_channels=in_channels)
-            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=conv_bias,
+                                   use_bias=bias["3x3"], in_channels=in_channels)
+            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias["3x3"],
                                    in_channels=num_channels)
             self.conv3: Optional[nn.Conv2D] = (
-                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias["shortcut"],
                           in_channels=in_channels) if use_1x1conv else None)
             self.bn1 = batch_norm(num_channels, **bn)
             self.bn2 = batch_norm(num_channels, **bn)
@@ -68,21 +71,22 @@ class Bottleneck(gluon.HybridBlock):
 
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, in_channels: int = 0, groups: int = 1,
-                 stride_at: str = "3x3", conv_bias: bool = True, shortcut_bn: bool = False,
+                 stride_at: str = "3x3", conv_bias: ConvBias = True, shortcut_bn: bool = False,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
         with self.name_scope():
-            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=conv_bias,
+            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],
                                    in_channels=in_channels)
             self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
-                                   use_bias=conv_bias, in_channels=mid)
-            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=conv_bias,
+                                   use_bias=bias["3x3"], in_channels=mid)
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias["1x1"],
                                    in_channels=mid)
             self.conv4: Optional[nn.Conv2D] = (
-                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias["shortcut"],
                           in_channels=in_channels) if use_1x1conv else None)
             self.bn1 = batch_norm(mid, **bn)
             self.bn2 = batch_norm(mid, **bn)
@@ -107,19 +111,20 @@ class PreActResidual(gluon.HybridBlock):
     (``conv3``) reads the normalised input; nothing after the sum."""
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 in_channels: int = 0, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 in_channels: int = 0, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         with self.name_scope():
             self.bn1 = batch_norm(in_channels, **bn)
             self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                   use_bias=conv_bias, in_channels=in_channels)
+                                   use_bias=bias["3x3"], in_channels=in_channels)
             self.bn2 = batch_norm(num_channels, **bn)
-            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=conv_bias,
+            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias["3x3"],
                                    in_channels=num_channels)
             self.conv3: Optional[nn.Conv2D] = (
-                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias["shortcut"],
                           in_channels=in_channels) if use_1x1conv else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
@@ -137,24 +142,25 @@ class PreActBottleneck(gluon.HybridBlock):
 
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, in_channels: int = 0, groups: int = 1,
-                 stride_at: str = "3x3", conv_bias: bool = True, bn_eps: float = 1e-5,
+                 stride_at: str = "3x3", conv_bias: ConvBias = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
         with self.name_scope():
             self.bn1 = batch_norm(in_channels, **bn)
-            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=conv_bias,
+            self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],
                                    in_channels=in_channels)
             self.bn2 = batch_norm(mid, **bn)
             self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
-                                   use_bias=conv_bias, in_channels=mid)
+                                   use_bias=bias["3x3"], in_channels=mid)
             self.bn3 = batch_norm(mid, **bn)
-            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=conv_bias,
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias["1x1"],
                                    in_channels=mid)
             self.conv4: Optional[nn.Conv2D] = (
-                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=conv_bias,
+                nn.Conv2D(num_channels, kernel_size=1, strides=strides, use_bias=bias["shortcut"],
                           in_channels=in_channels) if use_1x1conv else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:

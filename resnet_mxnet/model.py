@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import (
+    BottleneckSpec,
+    ConvBias,
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    bias_by_kind,
+    resnet18_spec,
+)
 
 from ._compat import gluon, nn
 from .blocks import BLOCKS, batch_norm, resnet_block
@@ -19,12 +27,13 @@ class Stem(gluon.HybridBlock):
     a 3x3/2 max ``pool`` (padding 1). ``in_channels`` 0 defers the conv's shape to Gluon."""
 
     def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
-                 pool: bool = True, *, in_channels: int = 0, conv_bias: bool = True,
+                 pool: bool = True, *, in_channels: int = 0, conv_bias: ConvBias = True,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         with self.name_scope():
             self.conv = nn.Conv2D(num_channels, kernel_size=kernel_size, strides=strides,
-                                  padding=kernel_size // 2, use_bias=conv_bias,
+                                  padding=kernel_size // 2, use_bias=bias["stem"],
                                   in_channels=in_channels)
             self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
             self.pool: Optional[nn.MaxPool2D] = (

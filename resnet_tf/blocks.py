@@ -24,6 +24,8 @@ from typing import Any, Optional
 import keras
 from keras import layers, ops
 
+from common.core.spec import ConvBias, bias_by_kind
+
 _PACKAGE = "resnet_tf"
 
 
@@ -131,21 +133,22 @@ class Residual(layers.Layer):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
         self.conv_bias, self.shortcut_bn = conv_bias, shortcut_bn
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         bn["dtype"] = dt = self.dtype_policy  # sublayers compute in the block's dtype
-        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=conv_bias,
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=bias["3x3"],
                                   name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2", dtype=dt)
+        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
         self.conv3: Optional[PaddedConv2D] = (
-            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3",
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=bias["shortcut"], name="conv3",
                          dtype=dt)
             if use_1x1conv else None)
         self.bn3: Optional[layers.BatchNormalization] = (
@@ -191,9 +194,10 @@ class Bottleneck(layers.Layer):
 
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
-                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
                           use_1x1conv=use_1x1conv, strides=strides, groups=groups,
                           stride_at=stride_at, conv_bias=conv_bias, shortcut_bn=shortcut_bn,
@@ -201,15 +205,15 @@ class Bottleneck(layers.Layer):
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=self.dtype_policy)
         dt, mid = self.dtype_policy, bottleneck_channels
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
-        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=conv_bias, name="conv1", dtype=dt)
+        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=conv_bias,
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],
                                   name="conv2", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
-        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=conv_bias, name="conv3", dtype=dt)
+        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=bias["1x1"], name="conv3", dtype=dt)
         self.bn3 = batch_norm(**bn, name="bn3")
         self.conv4: Optional[PaddedConv2D] = (
-            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv4",
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=bias["shortcut"], name="conv4",
                          dtype=dt) if use_1x1conv else None)
         self.bn4: Optional[layers.BatchNormalization] = (
             batch_norm(**bn, name="bn4") if use_1x1conv and shortcut_bn else None)
@@ -252,20 +256,21 @@ class PreActResidual(layers.Layer):
     (``conv3``) reads the normalised input; nothing after the sum."""
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
-                 conv_bias: bool = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 conv_bias: ConvBias = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, use_1x1conv=use_1x1conv, strides=strides,
                           conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
         dt = self.dtype_policy
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=conv_bias,
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=bias["3x3"],
                                   name="conv1", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
-        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=conv_bias, name="conv2", dtype=dt)
+        self.conv2 = PaddedConv2D(num_channels, 3, use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.conv3: Optional[PaddedConv2D] = (
-            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3",
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=bias["shortcut"], name="conv3",
                          dtype=dt) if use_1x1conv else None)
 
     def build(self, input_shape: tuple) -> None:
@@ -299,9 +304,10 @@ class PreActBottleneck(layers.Layer):
 
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
-                 conv_bias: bool = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 conv_bias: ConvBias = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
                           use_1x1conv=use_1x1conv, strides=strides, groups=groups,
                           stride_at=stride_at, conv_bias=conv_bias, bn_eps=bn_eps,
@@ -310,14 +316,14 @@ class PreActBottleneck(layers.Layer):
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=conv_bias, name="conv1", dtype=dt)
+        self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
-        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=conv_bias,
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],
                                   name="conv2", dtype=dt)
         self.bn3 = batch_norm(**bn, name="bn3")
-        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=conv_bias, name="conv3", dtype=dt)
+        self.conv3 = PaddedConv2D(num_channels, 1, use_bias=bias["1x1"], name="conv3", dtype=dt)
         self.conv4: Optional[PaddedConv2D] = (
-            PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv4",
+            PaddedConv2D(num_channels, 1, strides=strides, use_bias=bias["shortcut"], name="conv4",
                          dtype=dt) if use_1x1conv else None)
 
     def build(self, input_shape: tuple) -> None:
@@ -370,7 +376,7 @@ class ResnetBlock(layers.Layer):
     def __init__(self, num_channels: int, num_residuals: int, first_block: bool = False, *,
                  in_channels: int = 0, block: str = "basic", preact: bool = False,
                  bottleneck_channels: int = 0, groups: int = 1, stride_at: str = "3x3",
-                 conv_bias: bool = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
+                 conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_channels, self.num_residuals, self.first_block = (

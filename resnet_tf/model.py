@@ -16,9 +16,11 @@ from keras import layers, ops
 
 from common.core.spec import (
     BottleneckSpec,
+    ConvBias,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
+    bias_by_kind,
     resnet18_spec,
     spec_from_dict,
 )
@@ -41,13 +43,14 @@ class Stem(layers.Layer):
     ReLU and, with ``pool``, a 3x3/2 max ``pool`` (padding 1 of ``-inf``)."""
 
     def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
-                 pool: bool = True, *, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 pool: bool = True, *, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, kernel_size=kernel_size, strides=strides,
                           pool=pool, conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
         dt = self.dtype_policy  # sublayers compute in the stem's dtype
-        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, use_bias=conv_bias,
+        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, use_bias=bias["stem"],
                                  name="conv", dtype=dt)
         self.bn = batch_norm(bn_eps=bn_eps, bn_momentum=bn_momentum, name="bn", dtype=dt)
         self.pool: Optional[PaddedMaxPooling2D] = (

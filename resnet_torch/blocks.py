@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.core.spec import ConvBias, bias_by_kind
+
 
 def batch_norm(num_channels: int, *, bn_eps: float = 1e-5, bn_momentum: float = 0.1
                ) -> nn.BatchNorm2d:
@@ -27,16 +29,17 @@ class Residual(nn.Module):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
     def __init__(self, input_channels: int, num_channels: int, use_1x1conv: bool = False,
-                 strides: int = 1, *, conv_bias: bool = True, shortcut_bn: bool = False,
+                 strides: int = 1, *, conv_bias: ConvBias = True, shortcut_bn: bool = False,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=conv_bias)
+                               stride=strides, bias=bias["3x3"])
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
-                               bias=conv_bias)
+                               bias=bias["3x3"])
         self.conv3 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
-                                bias=conv_bias) if use_1x1conv else None)
+                                bias=bias["shortcut"]) if use_1x1conv else None)
         self.bn1 = batch_norm(num_channels, **bn)
         self.bn2 = batch_norm(num_channels, **bn)
         self.bn3 = batch_norm(num_channels, **bn) if use_1x1conv and shortcut_bn else None
@@ -59,18 +62,19 @@ class Bottleneck(nn.Module):
 
     def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
                  use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
-                 stride_at: str = "3x3", conv_bias: bool = True, shortcut_bn: bool = False,
+                 stride_at: str = "3x3", conv_bias: ConvBias = True, shortcut_bn: bool = False,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
-        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=conv_bias)
+        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
         self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
-                               bias=conv_bias)
-        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=conv_bias)
+                               bias=bias["3x3"])
+        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=bias["1x1"])
         self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
-                                bias=conv_bias) if use_1x1conv else None)
+                                bias=bias["shortcut"]) if use_1x1conv else None)
         self.bn1 = batch_norm(mid, **bn)
         self.bn2 = batch_norm(mid, **bn)
         self.bn3 = batch_norm(num_channels, **bn)
@@ -93,18 +97,19 @@ class PreActResidual(nn.Module):
     (``conv3``) reads the normalised input; nothing after the sum."""
 
     def __init__(self, input_channels: int, num_channels: int, use_1x1conv: bool = False,
-                 strides: int = 1, *, conv_bias: bool = True, bn_eps: float = 1e-5,
+                 strides: int = 1, *, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1) -> None:
         super().__init__()
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.bn1 = batch_norm(input_channels, **bn)
         self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=conv_bias)
+                               stride=strides, bias=bias["3x3"])
         self.bn2 = batch_norm(num_channels, **bn)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
-                               bias=conv_bias)
+                               bias=bias["3x3"])
         self.conv3 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
-                                bias=conv_bias) if use_1x1conv else None)
+                                bias=bias["shortcut"]) if use_1x1conv else None)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         Y = F.relu(self.bn1(X))
@@ -121,21 +126,22 @@ class PreActBottleneck(nn.Module):
 
     def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
                  use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
-                 stride_at: str = "3x3", conv_bias: bool = True, bn_eps: float = 1e-5,
+                 stride_at: str = "3x3", conv_bias: ConvBias = True, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1) -> None:
         super().__init__()
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
         s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
         self.bn1 = batch_norm(input_channels, **bn)
-        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=conv_bias)
+        self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
         self.bn2 = batch_norm(mid, **bn)
         self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
-                               bias=conv_bias)
+                               bias=bias["3x3"])
         self.bn3 = batch_norm(mid, **bn)
-        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=conv_bias)
+        self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=bias["1x1"])
         self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
-                                bias=conv_bias) if use_1x1conv else None)
+                                bias=bias["shortcut"]) if use_1x1conv else None)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         Y = F.relu(self.bn1(X))

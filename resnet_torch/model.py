@@ -8,7 +8,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.core.spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, resnet18_spec
+from common.core.spec import (
+    BottleneckSpec,
+    ConvBias,
+    ResidualSpec,
+    ResnetBlockSpec,
+    ResNetSpec,
+    bias_by_kind,
+    resnet18_spec,
+)
 
 from .blocks import BLOCKS, batch_norm, resnet_block
 
@@ -18,11 +26,12 @@ class Stem(nn.Module):
     a 3x3/2 max ``pool`` (padding 1)."""
 
     def __init__(self, input_channels: int, num_channels: int, kernel_size: int = 7,
-                 strides: int = 2, pool: bool = True, *, conv_bias: bool = True,
+                 strides: int = 2, pool: bool = True, *, conv_bias: ConvBias = True,
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
+        bias = bias_by_kind(conv_bias)  # which convs have a bias
         self.conv = nn.Conv2d(input_channels, num_channels, kernel_size=kernel_size,
-                              stride=strides, padding=kernel_size // 2, bias=conv_bias)
+                              stride=strides, padding=kernel_size // 2, bias=bias["stem"])
         self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.pool: Optional[nn.MaxPool2d] = (
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else None)

@@ -40,6 +40,25 @@ class Layer:
         return [f"{self.name}.{p}" for p in self.shapes]
 
 
+# The kinds of conv a ResNet has, for ``conv_bias``: the stem's, a block's 3x3s, a bottleneck's
+# 1x1s (its first and last conv) and the 1x1 shortcut.
+CONV_KINDS = ("stem", "3x3", "1x1", "shortcut")
+ConvBias = Union[bool, tuple[str, ...]]
+
+
+def bias_by_kind(conv_bias: ConvBias) -> dict[str, bool]:
+    """Whether each kind of conv (:data:`CONV_KINDS`) has a bias. ``conv_bias`` is True (every
+    conv: d2l, keras.applications), False (none: torchvision, Hugging Face) or the kinds that
+    have one (GluonCV's v1 bottleneck: ``("1x1",)``)."""
+    if isinstance(conv_bias, bool):
+        return dict.fromkeys(CONV_KINDS, conv_bias)
+    unknown = sorted(set(conv_bias) - set(CONV_KINDS))
+    if unknown:
+        raise ValueError(f"conv_bias names unknown conv kind(s) {unknown}; choose from "
+                         f"{list(CONV_KINDS)}, or pass True or False")
+    return {k: k in conv_bias for k in CONV_KINDS}
+
+
 def _conv(name: str, attr: tuple, cin: int, cout: int, k: int, bias: bool,
           groups: int = 1) -> Layer:
     shapes = {"weight": (cout, cin // groups, k, k)}
@@ -60,13 +79,21 @@ def _join(prefix: str, name: str) -> str:
 class _Options:
     """Choices shared by every unit (d2l's values by default)."""
 
-    conv_bias: bool = True          # d2l keeps conv biases; torchvision drops them
+    conv_bias: ConvBias = True      # d2l keeps conv biases; torchvision drops them; or per kind
     shortcut_bn: bool = False       # d2l's 1x1 shortcut has no BatchNorm; torchvision's has
     bn_eps: float = 1e-5            # PyTorch's and Gluon's default; Keras defaults to 1e-3
     bn_momentum: float = TORCH_BN_MOMENTUM  # PyTorch convention, see above
     preact: bool = False            # v2: BatchNorm-ReLU-conv blocks (He et al., Identity Mappings)
 
     def _check_options(self) -> None:
+        if not isinstance(self.conv_bias, bool):  # kinds (JSON gives a list): one spelling each
+            if isinstance(self.conv_bias, str) or not isinstance(self.conv_bias, (list, tuple)):
+                raise ValueError(f"conv_bias must be True, False or a list of conv kinds "
+                                 f"{list(CONV_KINDS)}, got {self.conv_bias!r}")
+            has = bias_by_kind(tuple(self.conv_bias))
+            kinds = tuple(k for k in CONV_KINDS if has[k])
+            object.__setattr__(self, "conv_bias", kinds if 0 < len(kinds) < len(CONV_KINDS)
+                               else bool(kinds))
         if not 0.0 < self.bn_eps < 1.0:
             raise ValueError(f"bn_eps must be in (0, 1), got {self.bn_eps}")
         if not 0.0 <= self.bn_momentum <= 1.0:
@@ -78,6 +105,10 @@ class _Options:
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(_Options)}
+
+    def has_bias(self, kind: str) -> bool:
+        """Whether convs of ``kind`` (:data:`CONV_KINDS`) have a bias."""
+        return bias_by_kind(self.conv_bias)[kind]
 
     def layer_options(self) -> dict[str, Any]:
         """What a block's constructor takes of the options: all but ``preact`` (which picks
@@ -125,16 +156,16 @@ class ResidualSpec(_Options):
                 f"strides={self.strides}; pass use_1x1conv=True")
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
-        b, cin, c = self.conv_bias, self.input_channels, self.num_channels
-        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, c, 3, b),
-                 _conv(_join(prefix, "conv2"), attr + ("conv2",), c, c, 3, b)]
+        b, cin, c = bias_by_kind(self.conv_bias), self.input_channels, self.num_channels
+        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, c, 3, b["3x3"]),
+                 _conv(_join(prefix, "conv2"), attr + ("conv2",), c, c, 3, b["3x3"])]
         # each BatchNorm normalises its conv's output, or (preact) its conv's input
         widths = (cin, c) if self.preact else (c, c)
         bns = [_bn(_join(prefix, f"bn{k}"), attr + (f"bn{k}",), w) for k, w in enumerate(widths, 1)]
         pairs = zip(bns, convs) if self.preact else zip(convs, bns)
         out = [layer for pair in pairs for layer in pair]
         if self.use_1x1conv:
-            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv3",), cin, c, 1, b))
+            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv3",), cin, c, 1, b["shortcut"]))
             if self.shortcut_bn:
                 out.append(_bn(_join(prefix, "shortcut_bn"), attr + ("bn3",), c))
         return out
@@ -186,17 +217,18 @@ class BottleneckSpec(_Options):
                 f"strides={self.strides}; pass use_1x1conv=True")
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
-        b, cin, mid, c = self.conv_bias, self.input_channels, self.bottleneck_channels, self.num_channels
-        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, mid, 1, b),
-                 _conv(_join(prefix, "conv2"), attr + ("conv2",), mid, mid, 3, b, self.groups),
-                 _conv(_join(prefix, "conv3"), attr + ("conv3",), mid, c, 1, b)]
+        b = bias_by_kind(self.conv_bias)
+        cin, mid, c = self.input_channels, self.bottleneck_channels, self.num_channels
+        convs = [_conv(_join(prefix, "conv1"), attr + ("conv1",), cin, mid, 1, b["1x1"]),
+                 _conv(_join(prefix, "conv2"), attr + ("conv2",), mid, mid, 3, b["3x3"], self.groups),
+                 _conv(_join(prefix, "conv3"), attr + ("conv3",), mid, c, 1, b["1x1"])]
         # each BatchNorm normalises its conv's output, or (preact) its conv's input
         widths = (cin, mid, mid) if self.preact else (mid, mid, c)
         bns = [_bn(_join(prefix, f"bn{k}"), attr + (f"bn{k}",), w) for k, w in enumerate(widths, 1)]
         pairs = zip(bns, convs) if self.preact else zip(convs, bns)
         out = [layer for pair in pairs for layer in pair]
         if self.use_1x1conv:
-            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv4",), cin, c, 1, b))
+            out.append(_conv(_join(prefix, "shortcut"), attr + ("conv4",), cin, c, 1, b["shortcut"]))
             if self.shortcut_bn:
                 out.append(_bn(_join(prefix, "shortcut_bn"), attr + ("bn4",), c))
         return out
@@ -345,7 +377,7 @@ class ResNetSpec(_Options):
 
     def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
         out = [_conv(_join(prefix, "stem.conv"), attr + ("stem", "conv"), self.in_channels,
-                     self.stem_channels, self.stem_kernel, self.conv_bias),
+                     self.stem_channels, self.stem_kernel, self.has_bias("stem")),
                _bn(_join(prefix, "stem.bn"), attr + ("stem", "bn"), self.stem_channels)]
         for i, stage in enumerate(self.stages()):
             out += stage.layers(_join(prefix, f"stages.{i}"), attr + ("stages", i))
