@@ -37,6 +37,7 @@ from .formats import (
     check_targets,
     detect,
     family_name,
+    locate,
 )
 from .registry import BACKEND_NAMES, BackendUnavailable, get_backend
 
@@ -62,12 +63,13 @@ class Checkpoint:
 
 
 def open_checkpoint(path: PathLike, family: Optional[str] = None) -> Checkpoint:
-    """Detect the format of ``path`` (``family`` as ``--from`` gives it) and read its tensors.
+    """Detect the format of ``path`` (``family`` as ``--from`` gives it) and read its tensors;
+    a Hugging Face Hub id (``owner/name``) is downloaded first.
 
     Raises ``ValueError`` naming the file for an unknown name, a missing, empty, truncated or
     corrupt file, and a PyTorch pickle that would run code (refused, never executed).
     """
-    path = Path(path)
+    path = locate(path, family)
     fmt = detect(path, family)
     tensors = fmt.tensors(path)
     return Checkpoint(path, fmt.refine(tensors), tensors)
@@ -136,7 +138,7 @@ def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
         if given is not None and given != stored:
             raise ValueError(f"{ckpt.path}: stores spec {stored.name!r}, which differs from "
                              f"{spec_file} in: {', '.join(_differences(stored, given))}")
-        spec, source = stored, f"stored in {ckpt.path.name}" + (
+        spec, source = stored, f"stored in {ckpt.files[0].name}" + (
             f"; --arch {arch} ignored" if arch else "")
     elif given is not None:
         spec, source = given, f"from {spec_file}"
@@ -284,7 +286,7 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
     out_fmt = detect(dst, dst_format, writing=True)
-    check_targets(out_fmt.files(dst, writing=True), force)  # before any slow work
+    check_targets(out_fmt.files(dst, writing=True), force, out_fmt)  # before any slow work
     log(f"reading {src} ...")
     ckpt = open_checkpoint(src, src_format)
     spec, source = resolve_spec(ckpt, spec_file, arch)
@@ -406,6 +408,8 @@ def format_inspection(ins: Inspection) -> str:
         lines.append(f"spec: {ins.spec_note}")
     if ins.architecture:
         lines.append(f"architecture: {ins.architecture}")
+    if getattr(ins.spec, "labels", ()):
+        lines.append(f"labels: {', '.join(ins.spec.labels)}")
     lines.append(f"tensors: {len(ins.tensors)} ({len(floats)} floating point); values: "
                  f"{sum(a.size for a in floats):,} floating point, "
                  f"{sum(ckpt.tensors[t.name].size for t in ins.tensors):,} in all")
@@ -435,14 +439,19 @@ formats (inferred from the file name; --from/--to when the name does not say):
                .keras               Keras model.save (whole model; stores the spec)
   mxnet        .params              Gluon save_parameters
                PREFIX-symbol.json   Gluon HybridBlock.export: the graph + PREFIX-0000.params
+  hf           DIRECTORY            Hugging Face transformers' ResNetForImageClassification
+                                    (save_pretrained: config.json + model.safetensors or
+                                    pytorch_model.bin; stores the spec and labels); to read,
+                                    also DIRECTORY/model.safetensors or a Hub id (owner/name,
+                                    downloaded with huggingface_hub); --to hf writes a directory
 """
 
 SPEC_HELP = """\
-spec: .safetensors and .keras files store theirs. For the others give --spec FILE (a JSON
-spec, e.g. ResNetSpec.to_json()) or --arch NAME: resnet18 (d2l's), torchvision-resnet18,
-resnet34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2,
-wide_resnet101_2 (torchvision's layout) or resnet50_v1; with --arch, in_channels and
-num_classes are read off the tensor shapes where unambiguous.
+spec: .safetensors, .keras and Hugging Face directories store theirs. For the others give
+--spec FILE (a JSON spec, e.g. ResNetSpec.to_json()) or --arch NAME: resnet18 (d2l's),
+torchvision-resnet18, resnet34/50/101/152, resnext50_32x4d, resnext101_32x8d,
+resnext101_64x4d, wide_resnet50_2, wide_resnet101_2 (torchvision's layout) or resnet50_v1;
+with --arch, in_channels and num_classes are read off the tensor shapes where unambiguous.
 """
 
 
@@ -470,7 +479,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         epilog=FORMATS_HELP + "\n" + SPEC_HELP)
     c.add_argument("src", metavar="SRC", help="the checkpoint to read")
     c.add_argument("dst", metavar="DST", help="the file to write (for a Gluon export: "
-                                              "PREFIX-symbol.json, with PREFIX-0000.params)")
+                                              "PREFIX-symbol.json, with PREFIX-0000.params; "
+                                              "with --to hf, a directory)")
     c.add_argument("--from", dest="src_format", type=_family, metavar="FORMAT",
                    help=f"SRC's format when its name does not say: {formats}")
     c.add_argument("--to", dest="dst_format", type=_family, metavar="FORMAT",
@@ -503,7 +513,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     f"{EXIT_OK} readable, {EXIT_MISMATCH} readable but holding NaN or inf, "
                     f"{EXIT_USAGE} unreadable (one line on stderr naming the file).",
         epilog=FORMATS_HELP)
-    i.add_argument("file", metavar="FILE", help="the checkpoint (a Gluon export: either file)")
+    i.add_argument("file", metavar="FILE", help="the checkpoint (a Gluon export: either file; a "
+                                                "Hugging Face directory or Hub id)")
     i.add_argument("--from", dest="src_format", type=_family, metavar="FORMAT",
                    help=f"FILE's format when its name does not say: {formats}")
     i.set_defaults(func=cmd_inspect)

@@ -22,7 +22,9 @@ Formats (``--from`` / ``--to`` name the family; :func:`detect` picks the format 
 * ``keras-weights`` / ``keras`` (family ``tf``): ``.weights.h5`` from ``save_weights``, and
   ``.keras`` from ``model.save``, which also stores the spec;
 * ``gluon-params`` / ``gluon-export`` (family ``mxnet``): ``.params`` from ``save_parameters``,
-  and ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` from ``HybridBlock.export``.
+  and ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` from ``HybridBlock.export``;
+* ``hf``: a Hugging Face ``save_pretrained`` directory (``config.json`` + ``model.safetensors``
+  or ``pytorch_model.bin``), the spec in its config; read also from a Hub id (``owner/name``).
 
 Frameworks are imported inside the functions that need them, never at module import.
 """
@@ -46,6 +48,7 @@ from .base import (
     torch_keys,
     torchvision_module,
 )
+from .huggingface import HuggingFace, hub_snapshot, is_hub_id, looks_hf_dir, looks_hf_weights
 from .native import (
     CANONICAL,
     GLUON_EXPORT,
@@ -64,14 +67,17 @@ from .native import (
 )
 
 __all__ = [
-    "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "KERAS",
+    "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "HF", "KERAS",
     "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH", "TORCHVISION", "TORCH_PARAM", "Canonical", "Format",
-    "GluonExport", "GluonParams", "KerasModel", "KerasWeights", "PathLike", "Staging",
+    "GluonExport", "GluonParams", "HuggingFace", "KerasModel", "KerasWeights", "PathLike", "Staging",
     "TorchStateDict", "TorchvisionStateDict", "attr_path", "check_targets", "choices_text", "detect",
-    "family_name", "looks_torchvision", "read_ndarray_file", "torch_bn_counters", "torch_keys",
+    "family_name", "locate", "looks_torchvision", "read_ndarray_file", "torch_bn_counters", "torch_keys",
     "torchvision_module",
 ]
 
+HF = HuggingFace(state_dict_reader=TORCH)
+# the formats that hold any spec (the suite's and the frameworks' own); a foreign format (hf)
+# holds only the specs its library can build, and is reached through FAMILIES
 FORMATS: dict[str, Format] = {f.name: f for f in (CANONICAL, TORCH, TORCHVISION, KERAS_WEIGHTS,
                                                   KERAS, GLUON_PARAMS, GLUON_EXPORT)}
 # --from / --to names -> the formats they cover, the default first
@@ -81,14 +87,16 @@ FAMILIES: dict[str, tuple[Format, ...]] = {
     "torchvision": (TORCHVISION,),
     "tf": (KERAS_WEIGHTS, KERAS),
     "mxnet": (GLUON_PARAMS, GLUON_EXPORT),
+    "hf": (HF,),
 }
 _FAMILY_ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet",
-                   "mx": "mxnet", "safetensors": "canonical"}
+                   "mx": "mxnet", "safetensors": "canonical",
+                   "huggingface": "hf", "transformers": "hf"}
 FAMILY_NAMES = tuple(FAMILIES)
 
 
 def family_name(name: str) -> str:
-    """``torch``, ``torchvision``, ``tf``, ``mxnet`` or ``canonical`` (aliases accepted)."""
+    """``torch``, ``torchvision``, ``tf``, ``mxnet``, ``hf`` or ``canonical`` (aliases accepted)."""
     key = _FAMILY_ALIASES.get(name.lower(), name.lower())
     if key not in FAMILIES:
         raise ValueError(f"unknown format {name!r}; choose from {', '.join(FAMILY_NAMES)}")
@@ -97,11 +105,14 @@ def family_name(name: str) -> str:
 
 def choices_text() -> str:
     return ("canonical (.safetensors), torch (.pt/.pth), torchvision (.pt/.pth with torchvision's "
-            "key names), tf (.weights.h5, .keras), mxnet (.params, PREFIX-symbol.json)")
+            "key names), tf (.weights.h5, .keras), mxnet (.params, PREFIX-symbol.json), hf (a Hugging "
+            "Face directory: config.json + model.safetensors; a Hub id owner/name to read)")
 
 
 def _by_name(path: Path, writing: bool) -> Optional[Format]:
     name = path.name.lower()
+    if not writing and (looks_hf_dir(path) or path.is_file() and looks_hf_weights(path)):
+        return HF
     if name.endswith(".params"):
         return GLUON_EXPORT if not writing and GluonExport.is_export_params(path) else GLUON_PARAMS
     for fmt in (CANONICAL, TORCH, KERAS_WEIGHTS, KERAS, GLUON_EXPORT):
@@ -119,6 +130,8 @@ def detect(path: PathLike, family: Optional[str] = None, *, writing: bool = Fals
     path = Path(path)
     by_name = _by_name(path, writing)
     if family is None:
+        if by_name is None and path.is_dir():
+            raise ValueError(f"{path}: a directory, but not a Hugging Face checkpoint (no config.json)")
         if by_name is None:
             hint = " (legacy Keras .h5 is not supported: use .weights.h5)" if (
                 path.name.lower().endswith(".h5")) else ""
@@ -130,9 +143,17 @@ def detect(path: PathLike, family: Optional[str] = None, *, writing: bool = Fals
         return by_name
     if by_name is not None and family_name(family) == "torchvision" and by_name is TORCH:
         return TORCHVISION
-    if by_name is None and options[0].family != "tf":
-        return options[0]  # torch.load, safetensors and MXNet read any file name
+    if by_name is None and options[0].family != "tf" or options[0].directory:
+        return options[0]  # torch.load, safetensors and MXNet read any file name; hf any directory
     need = " or ".join(dict.fromkeys(s for f in options for s in f.suffixes))
     got = f"is named like {by_name.description}" if by_name else "has another name"
     raise ValueError(f"{path}: {family} needs a file name ending in {need}; this one {got}")
 
+
+
+def locate(source: PathLike, family: Optional[str] = None) -> Path:
+    """SRC as a local path: itself, or for a Hugging Face Hub id (``owner/name`` that is no local
+    path) the snapshot huggingface_hub downloads (or finds in its cache)."""
+    if (family is None or family_name(family) == "hf") and is_hub_id(source):
+        return hub_snapshot(str(source))
+    return Path(source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shutil
 import struct
 import tempfile
 from abc import ABC, abstractmethod
@@ -133,6 +134,7 @@ class Format(ABC):
     suffixes: tuple[str, ...] = ()
     description: str = ""
     carries_spec: bool = False
+    directory: bool = False   # a checkpoint is a directory of files (Hugging Face), not a file
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"
@@ -171,6 +173,11 @@ class Format(ABC):
         only a framework could tell (the check then happens when the file is read)."""
         return None
 
+    def replaceable(self, path: Path) -> bool:
+        """Whether ``--force`` may replace the existing directory ``path`` (directory formats:
+        only one that holds a checkpoint of this format, never an arbitrary directory)."""
+        return False
+
 
 
 
@@ -194,22 +201,30 @@ class Staging:
     """Hidden temporary files beside DST, renamed into place by :meth:`commit`, removed otherwise.
 
     Refuses to stage over existing files unless ``force``; handles multi-file formats (the
-    Gluon symbol+params pair) by staging and renaming every file.
+    Gluon symbol+params pair) by staging and renaming every file, and directory formats (Hugging
+    Face) by staging a hidden directory.
     """
 
     def __init__(self, fmt: Format, dst: Path, force: bool) -> None:
         self.targets = fmt.files(dst, writing=True)
-        check_targets(self.targets, force)
-        fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=f"-{dst.name}", dir=dst.parent)
-        os.close(fd)
-        self.path = Path(tmp)
+        check_targets(self.targets, force, fmt)
+        if fmt.directory:
+            self.path = Path(tempfile.mkdtemp(prefix=".convert-", suffix=f"-{dst.name}",
+                                              dir=dst.parent))
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=f"-{dst.name}", dir=dst.parent)
+            os.close(fd)
+            self.path = Path(tmp)
         self.temps = fmt.files(self.path, writing=True)
         self.committed = False
 
     def commit(self) -> list[Path]:
         # the data file first, the entry file (symbol) last: whoever sees it sees both
         for tmp, target in reversed(list(zip(self.temps, self.targets))):
-            publish(tmp, target)
+            if tmp.is_dir():
+                _publish_dir(tmp, target)
+            else:
+                publish(tmp, target)
         self.committed = True
         return self.targets
 
@@ -218,23 +233,53 @@ class Staging:
 
     def __exit__(self, *exc: Any) -> None:
         for tmp in self.temps:
-            if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
                 tmp.unlink()
 
 
-def check_targets(targets: Sequence[Path], force: bool) -> None:
-    """Refuse a DST whose directory is missing, that is a directory, or that exists (unless
-    ``force``), naming every such file."""
+def _publish_dir(tmp: Path, target: Path) -> None:
+    """Rename the finished directory ``tmp`` onto ``target``. A directory cannot replace
+    another in one rename, so an existing ``target`` is first renamed aside, then removed; if
+    the second rename fails, it is put back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private, 0700
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=".convert-old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old / target.name, target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_targets(targets: Sequence[Path], force: bool, fmt: Optional[Format] = None) -> None:
+    """Refuse a DST whose directory is missing, that is a directory (for a directory format
+    ``fmt``: a file, or a directory ``fmt`` may not replace), or that exists (unless ``force``),
+    naming every such file."""
     for parent in dict.fromkeys(t.parent for t in targets):
         if not parent.is_dir():
             raise ValueError(f"{targets[0]}: no such directory {parent}")
-    dirs = [str(t) for t in targets if t.is_dir()]
-    if dirs:
-        raise ValueError(f"{', '.join(dirs)}: is a directory, not a file name")
+    directory = fmt is not None and fmt.directory
+    wrong = [str(t) for t in targets if (t.is_file() if directory else t.is_dir())]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: is a {'file' if directory else 'directory'}, "
+                         f"not a {'directory' if directory else 'file'} name")
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise ValueError(f"{', '.join(existing)}: already exist{'s' if len(existing) == 1 else ''}"
                          "; pass --force to overwrite")
+    foreign = [str(t) for t in targets if directory and t.is_dir() and not fmt.replaceable(t)]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: a directory that holds other things than a "
+                         f"{fmt.description}; refusing to replace it, even with --force")
 
 
 # -- MXNet's NDArray file, parsed without MXNet --------------------------------------------------
