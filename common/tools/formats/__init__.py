@@ -24,7 +24,10 @@ Formats (``--from`` / ``--to`` name the family; :func:`detect` picks the format 
 * ``gluon-params`` / ``gluon-export`` (family ``mxnet``): ``.params`` from ``save_parameters``,
   and ``PREFIX-symbol.json`` + ``PREFIX-0000.params`` from ``HybridBlock.export``;
 * ``hf``: a Hugging Face ``save_pretrained`` directory (``config.json`` + ``model.safetensors``
-  or ``pytorch_model.bin``), the spec in its config; read also from a Hub id (``owner/name``).
+  or ``pytorch_model.bin``), the spec in its config; read also from a Hub id (``owner/name``);
+* ``keras-applications-weights`` / ``keras-applications`` (family ``keras-applications``):
+  keras.applications' ResNet50/101/152 as ``.weights.h5`` and ``.keras``; the Keras formats
+  hand such a file over when they see its layout (:meth:`Format.refine`).
 
 Frameworks are imported inside the functions that need them, never at module import.
 """
@@ -49,6 +52,12 @@ from .base import (
     torchvision_module,
 )
 from .huggingface import HuggingFace, hub_snapshot, is_hub_id, looks_hf_dir, looks_hf_weights
+from .keras_applications import (
+    KERAS_APPLICATIONS,
+    KERAS_APPLICATIONS_WEIGHTS,
+    KerasApplicationsModel,
+    KerasApplicationsWeights,
+)
 from .native import (
     CANONICAL,
     GLUON_EXPORT,
@@ -68,6 +77,8 @@ from .native import (
 
 __all__ = [
     "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "HF", "KERAS",
+    "KERAS_APPLICATIONS", "KERAS_APPLICATIONS_WEIGHTS", "KerasApplicationsModel",
+    "KerasApplicationsWeights",
     "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH", "TORCHVISION", "TORCH_PARAM", "Canonical", "Format",
     "GluonExport", "GluonParams", "HuggingFace", "KerasModel", "KerasWeights", "PathLike", "Staging",
     "TorchStateDict", "TorchvisionStateDict", "attr_path", "check_targets", "choices_text", "detect",
@@ -88,10 +99,12 @@ FAMILIES: dict[str, tuple[Format, ...]] = {
     "tf": (KERAS_WEIGHTS, KERAS),
     "mxnet": (GLUON_PARAMS, GLUON_EXPORT),
     "hf": (HF,),
+    "keras-applications": (KERAS_APPLICATIONS_WEIGHTS, KERAS_APPLICATIONS),
 }
 _FAMILY_ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet",
                    "mx": "mxnet", "safetensors": "canonical",
-                   "huggingface": "hf", "transformers": "hf"}
+                   "huggingface": "hf", "transformers": "hf",
+                   "keras-apps": "keras-applications"}
 FAMILY_NAMES = tuple(FAMILIES)
 
 
@@ -106,7 +119,8 @@ def family_name(name: str) -> str:
 def choices_text() -> str:
     return ("canonical (.safetensors), torch (.pt/.pth), torchvision (.pt/.pth with torchvision's "
             "key names), tf (.weights.h5, .keras), mxnet (.params, PREFIX-symbol.json), hf (a Hugging "
-            "Face directory: config.json + model.safetensors; a Hub id owner/name to read)")
+            "Face directory: config.json + model.safetensors; a Hub id owner/name to read), "
+            "keras-applications (.weights.h5, .keras of keras.applications' ResNet50/101/152)")
 
 
 def _by_name(path: Path, writing: bool) -> Optional[Format]:
@@ -143,6 +157,9 @@ def detect(path: PathLike, family: Optional[str] = None, *, writing: bool = Fals
         return by_name
     if by_name is not None and family_name(family) == "torchvision" and by_name is TORCH:
         return TORCHVISION
+    named = [f for f in options if by_name is not None and path.name.lower().endswith(f.suffixes)]
+    if named:
+        return named[0]  # keras-applications: the Keras suffixes, keras.applications' layout
     if by_name is None and options[0].family != "tf" or options[0].directory:
         return options[0]  # torch.load, safetensors and MXNet read any file name; hf any directory
     need = " or ".join(dict.fromkeys(s for f in options for s in f.suffixes))
