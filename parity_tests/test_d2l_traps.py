@@ -12,6 +12,7 @@ measured, not copied.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -93,13 +94,14 @@ def _module_marks(tree: ast.Module) -> list[ast.expr]:
 
 
 def test_every_trap_row_cites_a_trap_test():
-    """Each of the 14 rows names ``parity_tests/<file>.py::<test>``: a test function that exists
-    at the top level of that file and is marked ``trap`` (checked from the source, without
-    measuring anything); and the ``trap`` marker is registered."""
-    assert len(traps.TRAPS) == 14
-    assert len({t.trap for t in traps.TRAPS}) == 14
+    """Each of the 14 rows and the family's 5 names ``parity_tests/<file>.py::<test>``: a test
+    function that exists at the top level of that file and is marked ``trap`` (checked from the
+    source, without measuring anything); and the ``trap`` marker is registered."""
+    assert len(traps.TRAPS) == 14 and len(traps.FAMILY_TRAPS) == 5
+    rows = traps.TRAPS + traps.FAMILY_TRAPS
+    assert len({t.trap for t in rows}) == len(rows)
     cited = {}
-    for t in traps.TRAPS:
+    for t in rows:
         path, sep, name = t.test.partition("::")
         assert sep and path.startswith("parity_tests/test_") and path.endswith(".py"), t.test
         source = ROOT / path
@@ -168,9 +170,16 @@ def test_traps_command_prints_the_table(measured, monkeypatch, capsys):
     measurements are the fixture's, not repeated)."""
     from common.tools.cli import main
     monkeypatch.setattr(traps, "findings", lambda log=None: list(measured.values()))
-    assert main(["traps", "--markdown", "-q"]) == 0
+    asked = []
+
+    def family(arch, log=None):
+        asked.append(arch)
+        return [traps.Finding(**dataclasses.asdict(t), measured="-") for t in traps.FAMILY_TRAPS]
+    monkeypatch.setattr(traps, "family_findings", family)
+    assert main(["traps", "--markdown", "-q", "--arch", "resnext50_32x4d"]) == 0
+    assert asked == ["resnext50_32x4d"]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + len(traps.TRAPS)  # header and one row per trap
+    assert len(lines) == 1 + len(traps.TRAPS) + len(traps.FAMILY_TRAPS)  # header, one row each
     for line, t in zip(lines[1:], traps.TRAPS):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == t.trap and cells[-1] == f"`{t.test}`"

@@ -194,3 +194,22 @@ def test_train_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "train-images-idx3-ubyte.gz: missing" in err
     assert "resnet-parity data fashion-mnist" in err
+
+
+def test_train_cli_trains_a_member_of_the_family(tmp_path, capsys):
+    """--arch: a pre-activation network, 1 input channel and the data's 10 classes; the
+    checkpoint carries that spec and the loss goes down on the built-in digits."""
+    backend_or_skip("torch")
+    from common.tools.cli import main
+    code = main(["train", "--framework", "torch", "--arch", "resnet18_v2", "--epochs", "1",
+                 "--batch-size", "64", "--resize", "16", "--out", str(tmp_path), "-q"])
+    assert code == 0 and "resnet18_v2, init xavier" in capsys.readouterr().out
+    state, spec = load_state_file(tmp_path / "torch" / "resnet18_v2.safetensors")
+    assert (spec.name, spec.preact, spec.in_channels, spec.num_classes) == (
+        "resnet18_v2", True, 1, 10)
+    metrics = json.loads((tmp_path / "torch" / "metrics.json").read_text())
+    steps = metrics["epochs"][0]["step_losses"]
+    assert np.mean(steps[-5:]) < np.mean(steps[:5])
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "resnet51"])
+    assert "invalid choice: 'resnet51'" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import numpy as np
 from ..core.backend import BaseBackend
 from ..core.compare import compare, global_floor, worst
 from ..core.data import DataError, Dataset, ImageData, fetch_fashion_mnist, load, load_fashion_mnist
-from ..core.spec import ResNetSpec, resnet18_spec
+from ..core.spec import ARCHITECTURES, ResNetSpec, architecture
 from ..core.state import State, load_state_file, save_state, write_text, xavier_state
 from .command import EXIT_OK, CliError, load_backends, positive
 from .formats import FAMILIES, Format, Staging
@@ -41,6 +41,7 @@ class TrainConfig:
     resize: int = 96
     seed: int = 0
     init: str = "xavier"  # or a canonical safetensors file
+    arch: str = "resnet18"  # a member of the family (d2l's ResNet-18 by default)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
     """
     from tqdm.auto import tqdm
 
-    spec = resnet18_spec(in_channels=1, num_classes=len(data.classes))
+    spec = architecture(cfg.arch, in_channels=1, num_classes=len(data.classes))
     state = initial_state(spec, cfg)
     train_data, test_data = ImageData(data.train, cfg.resize), ImageData(data.test, cfg.resize)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +262,7 @@ def run_train(args: argparse.Namespace) -> int:
     except DataError as e:
         raise CliError(str(e)) from None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      resize=args.resize, seed=args.seed, init=args.init)
+                      resize=args.resize, seed=args.seed, init=args.init, arch=args.arch)
     try:
         runs = train(list(backends), data, cfg, Path(args.out), progress=not args.quiet)
     except ValueError as e:  # an --init file that does not fit
@@ -306,11 +307,12 @@ def run_data(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``data``."""
     tr = sub.add_parser(
-        "train", help="train ResNet-18 the d2l way in one framework or all three",
-        description="Train d2l's ResNet-18 (SGD, softmax cross-entropy) with each framework's own "
+        "train", help="train ResNet-18 (or --arch) the d2l way in one framework or all three",
+        description="Train d2l's ResNet-18, or another member of the family (--arch), with SGD "
+                    "and softmax cross-entropy in each framework's own "
                     "loop: a torch DataLoader and optimizer, tf.data and Keras fit, a Gluon "
                     "DataLoader and Trainer. Prints d2l's line per epoch and writes, after every "
-                    "complete epoch, OUT/<framework>/resnet18.safetensors, the framework's own "
+                    "complete epoch, OUT/<framework>/<arch>.safetensors, the framework's own "
                     "checkpoint and metrics.json. With --framework all the three start from one "
                     "initial state and see the same batches in the same order; their drift is "
                     "printed per epoch and plotted to OUT/comparison.png.")
@@ -328,6 +330,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--init", default="xavier", metavar="xavier|FILE",
                     help="Xavier-uniform (d2l's init_cnn, default) or a canonical safetensors file")
     tr.add_argument("--seed", type=int, default=0, help="seed for init and batch order (0)")
+    tr.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME", default="resnet18",
+                    help="the network, 1 input channel and the data's classes (resnet18, d2l's; "
+                         "the small members train in minutes on a CPU): " + ", ".join(ARCHITECTURES))
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=run_train)
 

@@ -8,13 +8,14 @@ figure is ``max|a-b| / max|b|`` unless the line says otherwise, on CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
 from ..core.compare import Row, compare, diff, global_floor, worst
-from ..core.spec import ResidualSpec, resnet18_spec
+from ..core.spec import ARCHITECTURES, ResidualSpec, ResNetSpec, architecture, param_shapes, resnet18_spec
 from ..core.state import random_state
 from ..core.step_parity import bn_counts, labels
 from .command import EXIT_OK, CliError, load_backends, progress_log
@@ -98,6 +99,29 @@ TRAPS: list[Trap] = [
     Trap("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
          "resnet_mxnet/_compat.py adds the alias only if missing; numpy < 2",
          _T + "test_gluon_idioms.py::test_bare_mxnet_import_fails_on_numpy_1_24_and_later"),
+]
+
+
+# The family's traps: what torchvision, Hugging Face, keras.applications and GluonCV each mean
+# by "ResNet-50". Measured on ``--arch`` (resnet50 by default) with the suite's PyTorch model.
+FAMILY_TRAPS: list[Trap] = [
+    Trap("bottleneck stride (v1 vs v1.5)", "torchvision: on the 3x3 (v1.5)",
+         "keras.applications: on the first 1x1 (v1)",
+         "GluonCV v1: first 1x1; v1b: 3x3", "the spec's stride_at; recognised from the file",
+         _T + "test_family_traps.py::test_keras_applications_strides_the_first_1x1"),
+    Trap("BatchNorm eps 1.001e-5", "1e-5 (torchvision, Hugging Face)",
+         "keras.applications ResNet: 1.001e-5", "1e-5", "the spec carries eps; keras-resnet* "
+         "members say 1.001e-5", _T + "test_family_traps.py::test_keras_applications_bn_eps"),
+    Trap("conv bias", "torchvision, Hugging Face: none", "keras.applications: every conv",
+         "GluonCV v1: the bottleneck's 1x1s only", "conv_bias on or off per kind of conv",
+         _T + "test_family_traps.py::test_conv_bias_differs_between_model_zoos"),
+    Trap("Hugging Face classifier", "classifier = Sequential(Flatten, Linear): keys "
+         "classifier.1.*", "-", "-", "the Hugging Face format maps classifier.1 to head.fc and "
+         "refuses missing keys (PyTorch's strict=False would not)",
+         _T + "test_family_traps.py::test_hugging_face_classifier_sits_at_index_1"),
+    Trap("classifier output", "logits", "keras.applications: softmax probabilities by default",
+         "logits", "the suite's head gives logits; compare probabilities after a softmax",
+         _T + "test_family_traps.py::test_keras_applications_outputs_probabilities"),
 ]
 
 
@@ -278,6 +302,73 @@ def float32_hyperparameters_gap() -> float:
     return worst(compare(a, b, names=params, floor=global_floor({k: b[k] for k in params}))).max_rel
 
 
+def family_gaps(arch: str = "resnet50", size: int = 48) -> dict[str, float]:
+    """Logits of ``arch`` (random weights and BatchNorm statistics, batch 2 at ``size``) when a
+    file is read with the wrong assumption, relative to reading it right (suite's PyTorch):
+
+    * ``stride_at``: the bottleneck stride on the other conv (bottleneck members only);
+    * ``eps``: BatchNorm eps 1e-5 and 1.001e-5 swapped, with running variances 0.5..2 and,
+      ``eps_small_var``, with them scaled to 5e-5..2e-4 (gammas scaled to match);
+    * ``bias``: a file's conv biases dropped (read into a layout without them);
+    * ``classifier``: the classifier left at a fresh random init (a ``strict=False`` load that
+      missed ``classifier.1.*``).
+    """
+    be = get_backend("torch")
+    spec = architecture(arch, num_classes=10)
+    state = random_state(spec, seed=0)
+    x = _input((2, spec.in_channels, size, size), seed=size)
+
+    def logits(s: ResNetSpec, st: dict) -> np.ndarray:
+        model = be.build(s)
+        be.load_state(model, st)
+        return be.forward(model, x)
+
+    ref = logits(spec, state)
+    out: dict[str, float] = {}
+    if spec.block == "bottleneck":
+        moved = dataclasses.replace(spec, stride_at="1x1" if spec.stride_at == "3x3" else "3x3")
+        out["stride_at"] = diff(logits(moved, state), ref)[1]
+    other_eps = dataclasses.replace(spec, bn_eps=1e-5 if spec.bn_eps != 1e-5 else 1.001e-5)
+    out["eps"] = diff(logits(other_eps, state), ref)[1]
+    # variances 1e-4 times smaller and gammas 1e-2 times smaller: the same activations, but eps
+    # now weighs on every BatchNorm (float32 cannot tell 1e-5 from 1.001e-5 next to 1)
+    scale = {"running_var": 1e-4, "gamma": 1e-2}
+    small = {k: v * scale.get(k.rsplit(".", 1)[1], 1.0) for k, v in state.items()}
+    out["eps_small_var"] = diff(logits(other_eps, small), logits(spec, small))[1]
+    biased = dataclasses.replace(spec, conv_bias=True)
+    with_bias = random_state(biased, seed=0)
+    unbiased = dataclasses.replace(spec, conv_bias=False)
+    kept = {k: v for k, v in with_bias.items() if k in param_shapes(unbiased)}
+    out["bias"] = diff(logits(unbiased, kept), logits(biased, with_bias))[1]
+    fresh = random_state(spec, seed=1)
+    head = {k: fresh[k] if k.startswith("head.fc.") else v for k, v in state.items()}
+    out["classifier"] = diff(logits(spec, head), ref)[1]
+    return out
+
+
+def family_findings(arch: str = "resnet50", log: Callable[[str], None] = lambda m: None
+                    ) -> list[Finding]:
+    """Measure every trap of :data:`FAMILY_TRAPS` on ``arch`` (PyTorch only; seconds)."""
+    log(f"the family's traps on {arch} ...")
+    g = family_gaps(arch)
+    stride = (f"stride on the other conv: logits off by {g['stride_at']:.1e}"
+              if "stride_at" in g else f"n/a ({arch} has basic blocks)")
+    measured: dict[str, tuple[str, dict[str, float]]] = {
+        "bottleneck stride (v1 vs v1.5)": (stride, {k: g[k] for k in ("stride_at",) if k in g}),
+        "BatchNorm eps 1.001e-5": (
+            f"eps swapped: logits off by {g['eps']:.1e} with running var 0.5..2 (float32 cannot "
+            f"tell), {g['eps_small_var']:.1e} with running var ~1e-4",
+            {"eps": g["eps"], "eps_small_var": g["eps_small_var"]}),
+        "conv bias": (f"conv biases dropped: logits off by {g['bias']:.1e}", {"bias": g["bias"]}),
+        "Hugging Face classifier": (
+            f"classifier left at random init (strict=False): logits off by {g['classifier']:.1e}",
+            {"classifier": g["classifier"]}),
+        "classifier output": ("-", {}),
+    }
+    return [Finding(**asdict(t), measured=measured[t.trap][0], figures=measured[t.trap][1])
+            for t in FAMILY_TRAPS]
+
+
 def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
     """Measure every trap of :data:`TRAPS` (needs all three frameworks; about half a minute on
     2 cores)."""
@@ -356,7 +447,7 @@ def run_traps(args: argparse.Namespace) -> int:
         raise CliError("traps compares all three frameworks; not installed: " + ", ".join(
             install_hint(n) for n in missing))
     log = progress_log(args.quiet)
-    items = findings(log)
+    items = findings(log) + family_findings(args.arch, log)
     if args.markdown:
         print(markdown(items))
     else:
@@ -373,7 +464,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Measure, on this machine, each difference between PyTorch, Keras and Gluon "
                     "that the suite fixes or exposes: d2l's Keras padding and eps, BatchNorm "
                     "momentum and running variance, weight decay, initialisers, float32 "
-                    "training. Needs all three frameworks.")
+                    "training; and the ResNet family's (v1 vs v1.5 stride, eps 1.001e-5, conv "
+                    "bias, Hugging Face's classifier), measured on --arch. Needs all three "
+                    "frameworks.")
+    t.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME", default="resnet50",
+                   help="the member the family's traps are measured on (resnet50): "
+                        + ", ".join(ARCHITECTURES))
     t.add_argument("--markdown", action="store_true", help="print the README's table")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     t.set_defaults(func=run_traps)
