@@ -38,6 +38,7 @@ from .formats import (
     detect,
     family_name,
     locate,
+    refine,
 )
 from .registry import BACKEND_NAMES, BackendUnavailable, get_backend
 
@@ -72,7 +73,7 @@ def open_checkpoint(path: PathLike, family: Optional[str] = None) -> Checkpoint:
     path = locate(path, family)
     fmt = detect(path, family)
     tensors = fmt.tensors(path)
-    return Checkpoint(path, fmt.refine(tensors), tensors)
+    return Checkpoint(path, refine(fmt, tensors), tensors)
 
 
 def load_spec_file(path: PathLike) -> Unit:

@@ -35,7 +35,9 @@ Frameworks are imported inside the functions that need them, never at module imp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
+
+import numpy as np
 
 from .base import (
     RUNNING_STATS,
@@ -57,6 +59,7 @@ from .keras_applications import (
     KERAS_APPLICATIONS_WEIGHTS,
     KerasApplicationsModel,
     KerasApplicationsWeights,
+    keras_applications_for,
 )
 from .native import (
     CANONICAL,
@@ -77,13 +80,12 @@ from .native import (
 
 __all__ = [
     "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "HF", "KERAS",
-    "KERAS_APPLICATIONS", "KERAS_APPLICATIONS_WEIGHTS", "KerasApplicationsModel",
-    "KerasApplicationsWeights",
-    "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH", "TORCHVISION", "TORCH_PARAM", "Canonical", "Format",
-    "GluonExport", "GluonParams", "HuggingFace", "KerasModel", "KerasWeights", "PathLike", "Staging",
-    "TorchStateDict", "TorchvisionStateDict", "attr_path", "check_targets", "choices_text", "detect",
-    "family_name", "locate", "looks_torchvision", "read_ndarray_file", "torch_bn_counters", "torch_keys",
-    "torchvision_module",
+    "KERAS_APPLICATIONS", "KERAS_APPLICATIONS_WEIGHTS", "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH",
+    "TORCHVISION", "TORCH_PARAM", "Canonical", "Format", "GluonExport", "GluonParams", "HuggingFace",
+    "KerasApplicationsModel", "KerasApplicationsWeights", "KerasModel", "KerasWeights", "PathLike",
+    "Staging", "TorchStateDict", "TorchvisionStateDict", "attr_path", "check_targets",
+    "choices_text", "detect", "family_name", "locate", "looks_torchvision", "read_ndarray_file",
+    "refine", "torch_bn_counters", "torch_keys", "torchvision_module",
 ]
 
 HF = HuggingFace(state_dict_reader=TORCH)
@@ -174,3 +176,12 @@ def locate(source: PathLike, family: Optional[str] = None) -> Path:
     if (family is None or family_name(family) == "hf") and is_hub_id(source):
         return hub_snapshot(str(source))
     return Path(source)
+
+
+def refine(fmt: Format, tensors: Mapping[str, np.ndarray]) -> Format:
+    """The precise format of a file detected as ``fmt`` once its tensors are known: torchvision
+    keys in a torch file (:meth:`Format.refine`), keras.applications' flat layout in a Keras
+    file (handed over here, so that no format module imports another)."""
+    if fmt.family == "tf":
+        return keras_applications_for(fmt.suffixes, tensors) or fmt
+    return fmt.refine(tensors)

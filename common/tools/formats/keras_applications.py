@@ -21,7 +21,6 @@ default. Nothing else is written: a spec that is not one of these members is ref
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import json
@@ -335,42 +334,3 @@ def keras_applications_for(suffixes: tuple[str, ...],
         return None
     return next((f for f in (KERAS_APPLICATIONS_WEIGHTS, KERAS_APPLICATIONS)
                  if f.suffixes == suffixes), None)
-
-
-# -- the traps: what keras.applications does differently, measured at the logits ------------------
-def _logits(spec: ResNetSpec, state: State, x: np.ndarray) -> np.ndarray:
-    from ..registry import get_backend
-    be = get_backend("torch")
-    model = be.build(spec)
-    be.load_state(model, state)
-    return be.forward(model, x)
-
-
-def _trap(change: Mapping[str, Any], seed: int, size: tuple[int, int],
-          var_scale: float = 1.0) -> float:
-    """max|a-b|/max|b| at the logits of keras-resnet50 (random weights and BatchNorm
-    statistics; every running variance times ``var_scale`` and gamma times its square root, so
-    that activations keep their scale) with ``change`` made to its spec, against
-    keras-resnet50 itself, in PyTorch, float32."""
-    from ...core.compare import diff
-    from ...core.state import random_state
-    spec = ARCHITECTURES["keras-resnet50"](num_classes=10)
-    scale = {".running_var": np.float32(var_scale), ".gamma": np.float32(np.sqrt(var_scale))}
-    state = {k: v * scale.get(k[k.rindex("."):], np.float32(1))
-             for k, v in random_state(spec, seed).items()}
-    x = np.random.default_rng(seed).standard_normal((2, 3, *size)).astype(np.float32)
-    return diff(_logits(dataclasses.replace(spec, **change), state, x), _logits(spec, state, x))[1]
-
-
-def eps_trap(var_scale: float = 1e-2, seed: int = 0, size: tuple[int, int] = (64, 64)) -> float:
-    """How far keras.applications' ResNet-50 logits move (max|a-b|/max|b|) if its BatchNorm eps
-    1.001e-5 is taken for PyTorch's 1e-5. The shift is about 5e-9 / running_var per BatchNorm,
-    so it shows only where running variances are small: ``var_scale`` scales them (a trained
-    network's dead channels have running_var near 0; at 1e-2 they are 0.005 to 0.02)."""
-    return _trap({"bn_eps": 1e-5}, seed, size, var_scale)
-
-
-def stride_trap(seed: int = 0, size: tuple[int, int] = (64, 64)) -> float:
-    """How far keras.applications' ResNet-50 logits move (max|a-b|/max|b|) if its v1 stride (on
-    each stage's first 1x1 conv) is put on the 3x3 conv instead (v1.5), same weights."""
-    return _trap({"stride_at": "3x3"}, seed, size)

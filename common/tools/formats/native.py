@@ -39,7 +39,6 @@ from .base import (
     torch_keys,
     torchvision_module,
 )
-from .keras_applications import keras_applications_for
 
 
 class Canonical(Format):
@@ -180,10 +179,6 @@ class _Keras(Format):
     """What the two Keras formats share: HDF5 weights laid out by Keras's own saving code."""
 
     family, framework = "tf", "tf"
-
-    def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
-        """keras.applications' format when the file holds its flat layout, not resnet_tf's."""
-        return keras_applications_for(self.suffixes, tensors) or self
 
     def read(self, path: Path, spec: Unit, *, allow_nonfinite: bool = False,
              tensors: Optional[Mapping[str, np.ndarray]] = None) -> State:
