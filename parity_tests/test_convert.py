@@ -31,7 +31,10 @@ import common.tools.cli as cli
 from common import (
     ResNetSpec,
     activation_names,
+    architecture,
     format_rows,
+    get_backend,
+    load_state_file,
     random_state,
     save_state,
     torchvision_resnet18_spec,
@@ -891,8 +894,25 @@ def test_a_pytorch_file_names_its_architecture(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors", "resnext.pth"]
 
 
-def test_a_keras_weights_file_still_needs_a_spec(files, tmp_path):
+def test_keras_and_gluon_weights_are_recognised_from_their_shapes(files, tmp_path):
+    """A ``.weights.h5`` or ``.params`` file stores no spec: a named architecture is recognised
+    from its shapes (Keras's layouts as a multiset; Gluon's attribute paths exactly), and a file
+    that is no named architecture needs --spec."""
     need("tf")
-    with pytest.raises(ValueError, match=r"w\.weights\.h5: a Keras weights file \(save_weights\) "
-                                         r"stores no spec; pass --spec FILE or --arch NAME"):
+    need("mxnet")
+    with pytest.raises(ValueError, match=r"w\.weights\.h5: no known architecture fits its keys "
+                                         r"and shapes .*; pass --spec FILE"):
         convert(files["keras-weights"], tmp_path / "x.safetensors")
+    spec = architecture("resnet18_v2", num_classes=3)
+    state = random_state(spec, seed=5)
+    for name, fw in (("v2.weights.h5", "tf"), ("v2.params", "mxnet")):
+        be = get_backend(fw)
+        model = be.build(spec)
+        be.load_state(model, state)
+        (model.save_weights if fw == "tf" else model.save_parameters)(str(tmp_path / name))
+        assert inspect_checkpoint(tmp_path / name).architecture.startswith(
+            "resnet18_v2, from its keys and shapes (in_channels=1, num_classes=3)")
+        r = convert(tmp_path / name, tmp_path / f"{name}.safetensors")
+        assert r.ok and r.spec == spec and "recognised as resnet18_v2" in r.spec_source
+        back, _ = load_state_file(tmp_path / f"{name}.safetensors")
+        assert all(np.array_equal(back[k], state[k]) for k in state)

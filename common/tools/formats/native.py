@@ -210,6 +210,16 @@ class KerasWeights(_Keras):
     def write(self, path: Path, state: State, spec: Unit) -> None:
         self._model(state, spec).save_weights(str(path))
 
+    def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> bool:
+        """Whether the file holds ``spec``'s tensors in Keras's layouts (kernels (kh, kw, in,
+        out), dense (in, out)): Keras names them by object structure (``layers/stem/conv/
+        vars/0``), not by layer, so the shapes are compared as a multiset, without TensorFlow;
+        reading checks each one in place."""
+        def keras_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(shape[2:] + shape[1::-1]) if len(shape) == 4 else tuple(reversed(shape))
+        want = sorted(keras_shape(s) for s in param_shapes(spec).values())
+        return sorted(tuple(a.shape) for a in tensors.values()) == want
+
 
 class KerasModel(_Keras):
     name, suffixes, carries_spec = "keras", (".keras",), True
@@ -279,6 +289,11 @@ class GluonParams(Format):
 
     def tensors(self, path: Path) -> dict[str, np.ndarray]:
         return read_ndarray_file(path)
+
+    def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> bool:
+        """Whether the file holds exactly ``spec``'s parameters under their attribute paths."""
+        expected = {f"{attr_path(layer)}.{p}": s for layer in spec.layers() for p, s in layer.shapes.items()}
+        return {k: tuple(v.shape) for k, v in tensors.items()} == expected
 
     def read(self, path: Path, spec: Unit, *, allow_nonfinite: bool = False,
              tensors: Optional[Mapping[str, np.ndarray]] = None) -> State:
