@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import ResNetSpec, architecture, random_state, save_state, torchvision_resnet18_spec
-from common.tools.bench import conv_macs, run, worker
+from common.tools.bench import GROUPED_CONV, conv_case, conv_macs, conv_worker, run, worker
 
 from .conftest import backend_or_skip
 
@@ -64,6 +64,38 @@ def test_tiny_bench_reports_every_figure(report):
         assert r["forward"]["n"] == 2
     torch_run = next(r for r in report["results"] if r["framework"] == "torch")
     assert torch_run["threads"]["intra_op"] == 1  # the requested count, checked in the worker
+    # the peak is the fastest GEMM, measured before and after; MKL's is always among them
+    assert report["matmul_peak_gflops"] == max(report["gemm_gflops"].values())
+    assert "MKL torch.mm" in report["gemm_gflops"] and len(report["load_average"]) == 2
+
+
+def test_grouped_and_dense_conv_have_the_same_macs_and_pass_the_gate(report):
+    g = GROUPED_CONV
+    (groups, batch), (dense_groups, dense_batch) = conv_case(g["groups"]), conv_case(1)
+    assert groups == g["groups"] and dense_groups == 1
+    assert batch * g["channels"] ** 2 // groups == dense_batch * g["channels"] ** 2
+    assert {c["framework"] for c in report["conv"]} == {r["framework"] for r in report["results"]}
+    for c in report["conv"]:
+        assert "error" not in c, c
+        for label in ("grouped", "dense"):
+            assert c[label]["ok"] and c[label]["max_rel"] <= 1e-5, (c["framework"], label)
+            assert c[label]["gflops"] > 0 and c[label]["fraction_of_peak"] > 0
+
+
+def test_conv_gate_refuses_a_wrong_conv(monkeypatch):
+    """A conv whose output is off by 1% is reported wrong and not timed."""
+    backend_or_skip("torch")
+    import resnet_torch.bench as torch_bench
+    right = torch_bench.conv_runner
+
+    def off(x, weight, groups):
+        run_conv, fetch = right(x, weight, groups)
+        return run_conv, lambda y: fetch(y) * 1.01
+    monkeypatch.setattr(torch_bench, "conv_runner", off)
+    result = conv_worker({"framework": "torch", "threads": 1, "warmup": 1, "reps": 1})
+    for label in ("grouped", "dense"):
+        assert not result[label]["ok"] and result[label]["max_rel"] > 5e-3
+        assert "gflops" not in result[label] and "median_s" not in result[label]
 
 
 def test_parity_gate_refuses_a_wrong_model(tmp_path):
@@ -96,6 +128,7 @@ def test_bench_cli(tmp_path, capsys):
                  "-q"])
     out = capsys.readouterr().out
     assert code == 0 and "torch  eager" in out and "float32 matmul peak" in out
+    assert "grouped/dense" in out and "MKL torch.mm" in out
     assert out.startswith("ResNet resnext50_32x4d, batch 2, 16x16")
     data = json.loads(out_json.read_text())
     assert data["macs_per_image"] == conv_macs(architecture("resnext50_32x4d"), 16)

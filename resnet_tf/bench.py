@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ._layout import nhwc
+from ._layout import kernel_to_keras, nchw, nhwc
 
 # this framework's ways to run the model -> the kind ``resnet-parity bench --modes`` selects
 MODES = {"eager": "eager", "function": "compiled", "xla": "compiled"}
@@ -42,6 +42,17 @@ def runners(model: keras.Model, mode: str, lr: float = 0.05
         return float(step(tf.constant(nhwc(x)), tf.constant(y)))
 
     return forward, train_step
+
+
+def conv_runner(x: np.ndarray, weight: np.ndarray, groups: int
+                ) -> tuple[Callable[[], Any], Callable[[Any], np.ndarray]]:
+    """``(run() -> output, to_numpy(output) -> NCHW)``: a 3x3 conv (padding 1, ``groups``) of
+    NCHW ``x`` with a canonical ``weight``, as a ``tf.function`` graph (oneDNN); TensorFlow
+    groups by the kernel's input channels."""
+    xt, kernel = tf.constant(nhwc(x)), tf.constant(kernel_to_keras(weight, "conv"))
+    conv = tf.function(lambda: tf.nn.conv2d(xt, kernel, strides=1, padding="SAME"),
+                       autograph=False)
+    return conv, nchw
 
 
 def threads() -> dict[str, int]:

@@ -6,8 +6,12 @@ a shared process). A worker sets the thread count, checks that the mode computes
 function as eager PyTorch -- every layer for eager modes, the logits for compiled ones -- and
 only then times it: forward throughput, training-step throughput (forward, backward, SGD
 update), batch-1 latency and peak resident memory. The float32 matrix-multiply peak is
-measured in the same run (``torch.mm`` of 2048x2048 matrices, same thread count), and MACs
-per image come from the spec.
+measured in the same run, in its own worker with the same thread count, before and after the
+frameworks (the best counts: other load only lowers it): the fastest of the float32 GEMMs the
+frameworks ship (MKL through ``torch.mm``, oneDNN through ``mkldnn_linear``, OpenBLAS through
+numpy), since MKL runs an AVX2 path on AMD CPUs, half the AVX-512 rate oneDNN reaches there.
+MACs per image come from the spec. A grouped 3x3 conv (ResNeXt's) is timed against a dense
+3x3 conv of the same MACs in each framework, and the load average is recorded with the figures.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def conv_macs(spec: ResNetSpec, size: int) -> int:
 def _stats(times: list[float]) -> dict[str, float]:
     t = np.asarray(times)
     return {"median_s": float(np.median(t)), "p25_s": float(np.percentile(t, 25)),
-            "p75_s": float(np.percentile(t, 75)), "n": len(times)}
+            "p75_s": float(np.percentile(t, 75)), "n": len(times), "all_s": [float(v) for v in t]}
 
 
 def _timed(fn: Callable[[], Any], warmup: int, reps: int) -> dict[str, float]:
@@ -90,17 +94,25 @@ def _pools() -> list[dict]:
              "library": os.path.basename(i["filepath"])} for i in threadpool_info()]
 
 
-def matmul_peak(threads: int, sizes: Sequence[int] = (2048, 3072), reps: int = 5) -> float:
-    """float32 GFLOP/s of ``torch.mm`` (n x n, MKL sgemm), the best over ``sizes`` and ``reps``
-    runs: the machine's practical peak at this thread count."""
+def matmul_peaks(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """float32 GFLOP/s of an ``n x n`` GEMM in each library the frameworks ship, the best of
+    ``reps`` runs each: MKL (``torch.mm``), oneDNN (``mkldnn_linear``) and OpenBLAS (numpy)."""
     import torch
     torch.set_num_threads(threads)
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        t = min(_timed(lambda: torch.mm(a, b), 1 if i else 2, 1)["median_s"] for i in range(reps))
-        best = max(best, 2 * n ** 3 / t / 1e9)
-    return best
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    gemms: dict[str, Callable[[], Any]] = {"MKL torch.mm": lambda: torch.mm(a, b)}
+    mkldnn_linear = getattr(torch._C._nn, "mkldnn_linear", None)
+    if mkldnn_linear is not None and torch.backends.mkldnn.is_available():
+        a_dnn, b_dnn = a.to_mkldnn(), b.to_mkldnn()
+        gemms["oneDNN mkldnn_linear"] = lambda: mkldnn_linear(a_dnn, b_dnn, None)
+    a_np, b_np = a.numpy(), b.numpy()
+    gemms["OpenBLAS numpy"] = lambda: a_np @ b_np
+    return {name: 2 * n ** 3 / min(_timed(fn, 2, reps)["all_s"]) / 1e9 for name, fn in gemms.items()}
+
+
+def matmul_peak(threads: int) -> float:
+    """The machine's practical float32 peak at this thread count: the fastest GEMM available."""
+    return max(matmul_peaks(threads).values())
 
 
 def peak_rss_mb() -> float:
@@ -114,6 +126,50 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# a grouped 3x3 conv (ResNeXt-50 32x4d's in its second stage: 256 wide, 32 groups, 28x28) and a
+# dense 3x3 conv of the same width on one image, which has the same MACs as the grouped on 32
+GROUPED_CONV = {"channels": 256, "groups": 32, "size": 28, "batch": 32}
+
+
+def conv_case(groups: int) -> tuple[int, int]:
+    """``(groups, batch)`` of the grouped conv or of its dense twin with the same MACs."""
+    g = GROUPED_CONV
+    return (g["groups"], g["batch"]) if groups > 1 else (1, g["batch"] // g["groups"])
+
+
+def conv_worker(cfg: dict) -> dict:
+    """Run in a fresh process: one framework's grouped 3x3 conv and its dense twin of the same
+    MACs, each checked against PyTorch's ``conv2d`` before it is timed."""
+    import torch
+    from torch.nn import functional as F
+    name, g = cfg["framework"], GROUPED_CONV
+    bench = framework_module(name, "bench")
+    bench.set_threads(cfg["threads"])
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {"framework": name, "threads": bench.threads()}
+    for label, groups in (("grouped", g["groups"]), ("dense", 1)):
+        groups, batch = conv_case(groups)
+        c, size = g["channels"], g["size"]
+        x = rng.standard_normal((batch, c, size, size), dtype=np.float32)
+        w = rng.standard_normal((c, c // groups, 3, 3), dtype=np.float32) / np.sqrt(9 * c / groups)
+        run_conv, fetch = bench.conv_runner(x, w, groups)
+        want = F.conv2d(torch.from_numpy(x[:1]), torch.from_numpy(w), padding=1, groups=groups).numpy()
+        got = fetch(run_conv())[:1]
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        entry: dict[str, Any] = {"groups": groups, "batch": batch, "max_rel": rel,
+                                 "ok": rel <= PARITY_RTOL}
+        if entry["ok"]:
+            entry.update(_timed(run_conv, cfg["warmup"], cfg["reps"]))
+            entry["gflops"] = 2 * batch * size * size * 9 * c * c // groups / entry["median_s"] / 1e9
+        result[label] = entry
+    return result
+
+
+def peak_worker(cfg: dict) -> dict:
+    """Run in a fresh process: the float32 GEMM rates at the run's thread count."""
+    return {"gemm_gflops": matmul_peaks(cfg["threads"]), "load": os.getloadavg()}
 
 
 def worker(cfg: dict) -> dict:
@@ -163,14 +219,19 @@ def _run_worker(cfg: dict, env: dict, timeout: float) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"framework": cfg["framework"], "mode": cfg["mode"], "error": tail}
+        return {"framework": cfg.get("framework"), "mode": cfg.get("mode"), "error": tail}
     return json.loads(lines[-1])
+
+
+_WORKERS: dict[str, Callable[[dict], dict]] = {"model": worker, "conv": conv_worker, "peak": peak_worker}
 
 
 def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, threads: int,
         warmup: int = 3, reps: int = 10, spec: Any = None, state: Optional[dict] = None,
-        timeout: float = 900.0, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Benchmark every available (framework, mode); return the report (see ``format_report``).
+        timeout: float = 900.0, conv: bool = True, log: Callable[[str], None] = lambda m: None
+        ) -> dict:
+    """Benchmark every available (framework, mode), and with ``conv`` each framework's grouped
+    conv against its dense twin; return the report (see ``format_report``).
 
     ``modes`` selects kinds (eager, compiled); each framework's ``bench.MODES`` says which of
     its own modes is which."""
@@ -179,6 +240,9 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
     env = dict(os.environ, **{k: str(threads) for k in _THREAD_ENV},
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env["TF_NUM_INTEROP_THREADS"] = env["MXNET_CPU_WORKER_NTHREADS"] = "1"
+    load = [os.getloadavg()[0]]
+    log("float32 matmul peak ...")
+    peaks = [_run_worker({"kind": "peak", "threads": threads}, env, timeout)]
     with tempfile.TemporaryDirectory(prefix="resnet-bench-") as tmp:
         paths = {"input": os.path.join(tmp, "input.npy"),
                  "reference": os.path.join(tmp, "reference.npz")}
@@ -198,8 +262,19 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
                 cfg = {"framework": name, "mode": mode, "threads": threads, "warmup": warmup,
                        "reps": reps, **paths}
                 results.append(_run_worker(cfg, env, timeout))
+    convs = []
+    for name in frameworks if conv else ():
+        log(f"grouped vs dense conv {name} ...")
+        cfg = {"kind": "conv", "framework": name, "threads": threads, "warmup": warmup,
+               "reps": max(reps, 10)}
+        convs.append(_run_worker(cfg, env, timeout))
     log("float32 matmul peak ...")
-    peak = matmul_peak(threads)
+    peaks.append(_run_worker({"kind": "peak", "threads": threads}, env, timeout))
+    load.append(os.getloadavg()[0])
+    if any("error" in p for p in peaks):
+        raise RuntimeError(f"the matmul peak failed: {peaks}")
+    gemm = {k: max(p["gemm_gflops"][k] for p in peaks) for k in peaks[0]["gemm_gflops"]}
+    peak = max(gemm.values())
     macs = conv_macs(spec, size)
     for r in results:
         if "forward" in r:
@@ -210,9 +285,14 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
             r["train_step"]["img_per_s"] = batch / r["train_step"]["median_s"]
             r["train_step"]["gflops"] = 3 * fwd_flops / r["train_step"]["median_s"] / 1e9
             r["latency_b1"]["ms"] = 1e3 * r["latency_b1"]["median_s"]
+    for c in convs:
+        for label in ("grouped", "dense"):
+            if "gflops" in c.get(label, {}):
+                c[label]["fraction_of_peak"] = c[label]["gflops"] / peak
     return {"spec": spec.to_dict(), "batch": batch, "size": size, "threads": threads,
-            "macs_per_image": macs, "matmul_peak_gflops": peak,
-            "peak_how": "torch.mm float32, n=2048 and 3072, best of 5, same thread count",
+            "macs_per_image": macs, "matmul_peak_gflops": peak, "gemm_gflops": gemm,
+            "peak_how": f"the fastest float32 {2048}x{2048} GEMM, best of 5, before and after",
+            "load_average": load, "grouped_conv": dict(GROUPED_CONV), "conv": convs,
             "machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "results": results}
 
 
@@ -223,6 +303,8 @@ def format_report(report: dict) -> str:
              f"{report['size']}x{report['size']}, {report['threads']} thread(s); "
              f"{report['macs_per_image'] / 1e6:.1f} MMACs/image; float32 matmul peak "
              f"{report['matmul_peak_gflops']:.1f} GFLOP/s ({report['peak_how']})",
+             "GEMMs: " + ", ".join(f"{k} {v:.0f}" for k, v in report["gemm_gflops"].items())
+             + " GFLOP/s; load average " + " -> ".join(f"{v:.2f}" for v in report["load_average"]),
              f"{'frame':<7}{'mode':<12}{'parity':>10}{'fwd img/s':>11}{'spread':>8}{'x torch':>8}"
              f"{'% peak':>8}{'train img/s':>13}{'x torch':>8}{'b1 ms':>8}{'peak MB':>9}  threads"]
     for r in report["results"]:
@@ -243,7 +325,35 @@ def format_report(report: dict) -> str:
         lines.append(head + f"{p['max_rel']:>10.1e}{f['img_per_s']:>11.1f}{spread:>7.0%} {rf:>7.2f}"
                      f"{100 * f['fraction_of_peak']:>7.1f}%{t['img_per_s']:>13.1f}{rt:>8.2f}"
                      f"{r['latency_b1']['ms']:>8.1f}{r['peak_rss_mb']:>9.0f}  {th}")
-    return "\n".join(lines)
+    return "\n".join(lines + _format_conv(report))
+
+
+def _format_conv(report: dict) -> list[str]:
+    """The grouped-vs-dense conv rows, if the run timed them."""
+    if not report.get("conv"):
+        return []
+    g = report["grouped_conv"]
+    dense_batch = conv_case(1)[1]
+    lines = [f"grouped 3x3 conv ({g['channels']} channels, {g['groups']} groups, {g['size']}x{g['size']}, "
+             f"batch {g['batch']}) vs dense 3x3 ({g['channels']} channels, batch {dense_batch}): "
+             f"the same {g['batch'] * g['size'] ** 2 * 9 * g['channels'] ** 2 // g['groups'] / 1e6:.0f}"
+             " MMACs",
+             f"{'frame':<7}{'grouped GFLOP/s':>16}{'% peak':>8}{'dense GFLOP/s':>15}{'% peak':>8}"
+             f"{'grouped/dense':>15}"]
+    for c in report["conv"]:
+        head = f"{c['framework']:<7}"
+        if "error" in c:
+            lines.append(head + f"  error: {c['error']}")
+            continue
+        bad = [k for k in ("grouped", "dense") if not c[k]["ok"]]
+        if bad:
+            lines.append(head + "  WRONG: " + ", ".join(f"{k} off by {c[k]['max_rel']:.1e}" for k in bad))
+            continue
+        gr, de = c["grouped"], c["dense"]
+        lines.append(head + f"{gr['gflops']:>16.1f}{100 * gr['fraction_of_peak']:>7.1f}%"
+                     f"{de['gflops']:>15.1f}{100 * de['fraction_of_peak']:>7.1f}%"
+                     f"{gr['gflops'] / de['gflops']:>15.2f}")
+    return lines
 
 
 def plot(report: dict, path: str) -> None:
@@ -279,7 +389,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise CliError("bench times every mode against eager PyTorch: " + install_hint("torch"))
     log = progress_log(args.quiet)
     report = run(list(backends), modes, args.batch, args.size, args.threads,
-                 warmup=args.warmup, reps=args.reps, spec=architecture(args.arch), log=log)
+                 warmup=args.warmup, reps=args.reps, spec=architecture(args.arch),
+                 conv=not args.no_conv, log=log)
     print(format_report(report))
     if args.json:
         write_text(args.json, json.dumps(report, indent=1))
@@ -287,6 +398,8 @@ def run_bench(args: argparse.Namespace) -> int:
         plot(report, args.plot)
     wrong = [f"{r['framework']} {r['mode']}" for r in report["results"]
              if "error" in r or not r["parity"]["ok"]]
+    wrong += [f"{c['framework']} conv" for c in report["conv"]
+              if "error" in c or not (c["grouped"]["ok"] and c["dense"]["ok"])]
     if wrong:
         print(f"not timed (wrong or failed): {', '.join(wrong)}")
     return EXIT_MISMATCH if wrong else EXIT_OK
@@ -297,7 +410,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bench", help="time the same ResNet in each framework and mode, side by side",
         description="Forward throughput, training-step throughput, batch-1 latency and peak "
-                    "memory of ResNet-18 (same weights, same input) in every framework and "
+                    "memory of a ResNet (same weights, same input) in every framework and "
                     "mode: PyTorch eager and torch.compile; Keras eager, tf.function and XLA; "
                     "Gluon imperative and hybridized (static_alloc, static_shape). Each runs in "
                     "its own process with the thread count set explicitly, and is timed only "
@@ -314,6 +427,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--modes", default="eager,compiled", help="eager,compiled (both)")
     b.add_argument("--warmup", type=positive, default=3, help="warm-up runs (3)")
     b.add_argument("--reps", type=positive, default=10, help="timed runs; median reported (10)")
+    b.add_argument("--no-conv", action="store_true",
+                   help="skip timing a grouped 3x3 conv against a dense one of the same MACs")
     b.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -327,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = json.loads(args.worker)
     for k in _THREAD_ENV:
         os.environ.setdefault(k, str(cfg["threads"]))
-    print(json.dumps(worker(cfg)))
+    print(json.dumps(_WORKERS[cfg.get("kind", "model")](cfg)))
     return 0
 
 
