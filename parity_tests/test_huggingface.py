@@ -287,6 +287,9 @@ def test_written_directory_is_what_from_pretrained_loads(written):
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     assert model.config.id2label == {0: "dog", 1: "emu", 2: "cat"}
     assert sorted(os.listdir(written["dir"])) == ["config.json", "model.safetensors"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in written["dir"].iterdir()} == {0o666 & ~umask}
     x = make_input(X_SHAPE, seed=3)
     want = hf_outputs(model.eval(), x)["head.fc"]
     be = get_backend("torch")

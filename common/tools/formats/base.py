@@ -246,6 +246,9 @@ def _publish_dir(tmp: Path, target: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private, 0700
+    for file in tmp.iterdir():    # and some writers (safetensors) make their files 0600
+        if file.is_file():
+            os.chmod(file, 0o666 & ~mask)
     if not target.exists():
         os.replace(tmp, target)
         return
