@@ -95,3 +95,18 @@ def loaded():
 
 def make_input(shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def randomize_batch_norms(model):
+    """Random BatchNorm weights and running statistics in a PyTorch model built by someone
+    else's code (transformers, a hand-built torchvision layout): fresh ones would hide eps and
+    running-statistic mistakes."""
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model

@@ -50,7 +50,7 @@ from common.tools.formats import (
     torchvision_module,
 )
 
-from .conftest import backend_or_skip
+from .conftest import backend_or_skip, randomize_batch_norms
 
 TINY = ResNetSpec(name="tiny", in_channels=3, num_classes=5, stem_channels=8,
                   stage_channels=(8, 16), stage_blocks=(1, 2))
@@ -174,20 +174,6 @@ def test_written_files_are_what_each_framework_loads_natively(files):
 
 
 # -- torchvision ----------------------------------------------------------------------------------
-def randomize_batch_norms(model):
-    """Random BatchNorm weights and running statistics (fresh ones would hide eps and
-    running-statistic mistakes)."""
-    import torch
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
 def torchvision_resnet18(in_channels: int = 3, num_classes: int = 1000, seed: int = 0):
     """torchvision's resnet18, built by hand with exactly its module names (``conv1``, ``bn1``,
     ``layerN.M.downsample.0/1``, ``fc``), random weights and random BatchNorm statistics."""

@@ -39,8 +39,7 @@ from common.tools.convert import convert, inspect_checkpoint
 from common.tools.formats import FORMATS, HF
 from common.tools.formats.huggingface import config_to_spec, spec_to_config
 
-from .conftest import backend_or_skip, make_input
-from .test_convert import randomize_batch_norms
+from .conftest import backend_or_skip, make_input, randomize_batch_norms
 
 transformers = pytest.importorskip("transformers", reason="pip install 'resnet-parity[test]'")
 pytest.importorskip("torch", reason="transformers' ResNet needs PyTorch: "
