@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import resnet18_spec, torchvision_resnet18_spec
+from common import param_shapes, resnet18_spec, torchvision_resnet18_spec
 from common.core.trace import resolve
 
 from .conftest import backend_or_skip
@@ -196,3 +196,51 @@ def test_preactivation_names_are_as_the_table_says(row, preact_models):
     assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
     if key.startswith("stages.1.0.bn1."):  # a pre-activation bn1 normalises the block's input
         assert layer.shapes[param] == (spec.stage_channels[0],)
+
+
+ZOO_HEADER = "| canonical | torchvision | Hugging Face | keras.applications (layer, variable) |"
+README = DOC.parents[1] / "README.md"
+
+
+def _zoo_rows() -> list[list[str]]:
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(ZOO_HEADER))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def zoos():
+    """ResNet-50 as transformers and keras.applications build it (their own code, no
+    download), and the suite's spec."""
+    backend_or_skip("torch")
+    backend_or_skip("tf")
+    transformers = pytest.importorskip("transformers")
+    import keras
+
+    from common import architecture
+    config = transformers.ResNetConfig(num_labels=1000)     # its defaults are ResNet-50's
+    hf = transformers.ResNetForImageClassification(config).state_dict()
+    ka = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
+    return architecture("resnet50"), hf, ka
+
+
+@pytest.mark.parametrize("row", _zoo_rows(), ids=[r[0] for r in _zoo_rows()])
+def test_the_readmes_model_zoo_names_are_the_zoos_own(row, zoos):
+    """Each cell names a tensor that the zoo's own model has, with the canonical shape (in
+    Keras's layout for keras.applications); torchvision's column is torch_keys's map."""
+    from common.tools.formats import torch_keys
+    spec, hf, ka = zoos
+    key, tv, hf_key, ka_cell = (re.sub(r"^`(.*)`$", r"\1", c) for c in row)
+    shape = param_shapes(spec)[key]
+    assert torch_keys(spec, torchvision=True)[key] == tv
+    assert tuple(hf[hf_key].shape) == shape
+    layer_name, variable = (c.strip("`") for c in ka_cell.split("` `"))
+    var = next(v for v in ka.get_layer(layer_name).weights if v.path.endswith("/" + variable))
+    keras_shape = shape[2:] + shape[1::-1] if len(shape) == 4 else shape[::-1]
+    assert tuple(var.shape) == keras_shape
+
