@@ -211,7 +211,9 @@ MUTANTS: list[Mutant] = [
       "        checked = _fits(path, known, expected, spec, self.description, allow_nonfinite, counters)\n",
       "reading a checkpoint refuses unexpected keys and names them"),
     M("formats-staging-keeps-temporaries", "common/tools/formats/base.py",
-      "        for tmp in self.temps:\n            if tmp.exists():\n                tmp.unlink()\n",
+      "        for tmp in self.temps:\n            if tmp.is_dir():\n"
+      "                shutil.rmtree(tmp, ignore_errors=True)\n            elif tmp.exists():\n"
+      "                tmp.unlink()\n",
       "        pass\n",
       "a failed or refused conversion leaves no temporary file behind"),
     M("formats-torchvision-downsample-swapped", "common/tools/formats/base.py",
@@ -253,8 +255,8 @@ MUTANTS: list[Mutant] = [
       "        with torch.set_grad_enabled(training):\n            yield\n",
       "forward, trace and training leave the module's train/eval mode as it was"),
     M("torch-bottleneck-stride-swapped", "resnet_torch/blocks.py",
-      's1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)',
-      's1, s3 = (1, strides) if stride_at == "1x1" else (strides, 1)',
+      's1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)\n        self.conv1 = ',
+      's1, s3 = (1, strides) if stride_at == "1x1" else (strides, 1)\n        self.conv1 = ',
       "v1 puts a bottleneck's stride on the first 1x1, v1.5 on the 3x3"),
     # -- resnet_tf -----------------------------------------------------------------------------
     M("tf-layout-nchw-permutation", "resnet_tf/_layout.py",
@@ -283,15 +285,19 @@ MUTANTS: list[Mutant] = [
       "",
       "Keras's sgd_step applies PyTorch's coupled weight decay"),
     M("tf-shortcut-stride-lost", "resnet_tf/blocks.py",
-      'PaddedConv2D(num_channels, 1, strides=strides, use_bias=conv_bias, name="conv3",',
-      'PaddedConv2D(num_channels, 1, use_bias=conv_bias, name="conv3",',
+      'PaddedConv2D(num_channels, 1, strides=strides, use_bias=bias["shortcut"], name="conv3",\n'
+      '                         dtype=dt)\n            if use_1x1conv',
+      'PaddedConv2D(num_channels, 1, use_bias=bias["shortcut"], name="conv3",\n'
+      '                         dtype=dt)\n            if use_1x1conv',
       "the 1x1 shortcut conv has the block's stride"),
     M("tf-trace-ignores-training", "resnet_tf/backend.py",
       "        return layer(x, training=self.training)", "        return layer(x)",
       "a training-mode trace normalises with batch statistics, like the training forward"),
     M("tf-grouped-conv-dropped", "resnet_tf/blocks.py",
-      "self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=conv_bias,",
-      "self.conv2 = PaddedConv2D(mid, 3, strides=s3, use_bias=conv_bias,",
+      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],\n'
+      '                                  name="conv2", dtype=dt)\n        self.bn2',
+      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, use_bias=bias["3x3"],\n'
+      '                                  name="conv2", dtype=dt)\n        self.bn2',
       "ResNeXt's 3x3 conv is grouped in Keras too"),
     # -- resnet_mxnet --------------------------------------------------------------------------
     M("mxnet-bn-eps-ignored", "resnet_mxnet/blocks.py",
@@ -316,6 +322,29 @@ MUTANTS: list[Mutant] = [
     M("mxnet-bottleneck-no-relu2", "resnet_mxnet/blocks.py",
       "        Y = F.relu(self.bn2(self.conv2(Y)))\n", "        Y = self.bn2(self.conv2(Y))\n",
       "a Gluon bottleneck applies ReLU after its 3x3 conv"),
+    # -- the family: pre-activation blocks, conv bias per kind, foreign checkpoints -------------
+    M("torch-preact-shortcut-reads-raw-input", "resnet_torch/blocks.py",
+      "            X = self.conv3(Y)\n", "            X = self.conv3(X)\n",
+      "a pre-activation block's shortcut conv reads the normalised input"),
+    M("tf-preact-bottleneck-no-relu3", "resnet_tf/blocks.py",
+      "        Y = self.conv3(ops.relu(self.bn3(Y, training=training)))\n",
+      "        Y = self.conv3(self.bn3(Y, training=training))\n",
+      "a Keras pre-activation bottleneck applies ReLU before its last conv"),
+    M("mxnet-preact-head-no-relu", "resnet_mxnet/model.py",
+      "            x = F.relu(self.bn(x))\n", "            x = self.bn(x)\n",
+      "a v2 network's head applies BatchNorm and ReLU before the pool"),
+    M("spec-conv-bias-kinds-ignored", "common/core/spec.py",
+      "    return {k: k in conv_bias for k in CONV_KINDS}",
+      "    return dict.fromkeys(CONV_KINDS, bool(conv_bias))",
+      "conv_bias names the kinds of conv that have a bias, and only those"),
+    M("hf-downsample-in-bottleneck-ignored", "common/tools/formats/huggingface.py",
+      'stride_at="1x1" if bottleneck and c["downsample_in_bottleneck"] else "3x3",',
+      'stride_at="3x3",',
+      "Hugging Face's downsample_in_bottleneck puts the stride on the first 1x1 conv"),
+    M("keras-applications-shortcut-swapped", "common/tools/formats/keras_applications.py",
+      '_SUB = {"shortcut": ("0", "conv"), "shortcut_bn": ("0", "bn")}',
+      '_SUB = {"shortcut": ("0", "bn"), "shortcut_bn": ("0", "conv")}',
+      "keras.applications' _0_conv is the shortcut conv, _0_bn its BatchNorm"),
 ]
 
 
