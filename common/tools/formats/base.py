@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
@@ -179,6 +180,19 @@ class Format(ABC):
         return False
 
 
+
+
+def keras_archive_member(path: Path, name: str) -> bytes:
+    """One member of a Keras ``.keras`` zip archive (``config.json``, ``model.weights.h5``),
+    with a one-line error naming the file for a missing member or a damaged archive."""
+    _existing_file(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read(name)
+    except KeyError:
+        raise ValueError(f"{path}: not a Keras .keras archive (no {name} inside)") from None
+    except Exception as e:  # BadZipFile, truncated members, CRC errors
+        raise _unreadable(path, "Keras .keras archive", e) from None
 
 
 def _h5_tensors(source: Any, path: Path, what: str) -> dict[str, np.ndarray]:

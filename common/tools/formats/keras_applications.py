@@ -25,7 +25,6 @@ import functools
 import io
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -33,7 +32,16 @@ import numpy as np
 
 from ...core.spec import ARCHITECTURES, ResNetSpec, Unit
 from ...core.state import State
-from .base import Format, _canonical, _existing_file, _fits, _h5_tensors, _require, _unreadable
+from .base import (
+    Format,
+    _canonical,
+    _existing_file,
+    _fits,
+    _h5_tensors,
+    _require,
+    _unreadable,
+    keras_archive_member,
+)
 
 # the spec's name for each keras.applications constructor
 MEMBERS = {"keras-resnet50": "ResNet50", "keras-resnet101": "ResNet101",
@@ -244,23 +252,13 @@ class KerasApplicationsModel(KerasApplications):
     name, suffixes = "keras-applications", (".keras",)
     description = "keras.applications ResNet whole-model file (model.save)"
 
-    def _member_bytes(self, path: Path, name: str) -> bytes:
-        _existing_file(path)
-        try:
-            with zipfile.ZipFile(path) as z:
-                return z.read(name)
-        except KeyError:
-            raise ValueError(f"{path}: not a Keras .keras archive (no {name} inside)") from None
-        except Exception as e:  # BadZipFile, truncated members, CRC errors
-            raise _unreadable(path, "Keras .keras archive", e) from None
-
     def tensors(self, path: Path) -> dict[str, np.ndarray]:
-        return _h5_tensors(io.BytesIO(self._member_bytes(path, "model.weights.h5")), path,
+        return _h5_tensors(io.BytesIO(keras_archive_member(path, "model.weights.h5")), path,
                            self.description)
 
     def _layers(self, path: Path) -> list[dict]:
         try:
-            config = json.loads(self._member_bytes(path, "config.json"))
+            config = json.loads(keras_archive_member(path, "config.json"))
             layers = config["config"]["layers"]
             if not all(isinstance(layer, dict) and "config" in layer for layer in layers):
                 raise TypeError("a layer without its config")

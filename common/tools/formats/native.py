@@ -12,7 +12,6 @@ import json
 import re
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -33,6 +32,7 @@ from .base import (
     _require,
     _unreadable,
     attr_path,
+    keras_archive_member,
     looks_torchvision,
     read_ndarray_file,
     torch_bn_counters,
@@ -226,19 +226,9 @@ class KerasModel(_Keras):
     description = "Keras whole-model file (model.save)"
     WEIGHTS = "model.weights.h5"
 
-    def _member(self, path: Path, name: str) -> bytes:
-        _existing_file(path)
-        try:
-            with zipfile.ZipFile(path) as z:
-                return z.read(name)
-        except KeyError:
-            raise ValueError(f"{path}: not a Keras .keras archive (no {name} inside)") from None
-        except Exception as e:  # BadZipFile, truncated members, CRC errors
-            raise _unreadable(path, "Keras .keras archive", e) from None
-
     def spec(self, path: Path) -> Unit:
         try:
-            config = json.loads(self._member(path, "config.json"))
+            config = json.loads(keras_archive_member(path, "config.json"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise _unreadable(path, "Keras .keras archive (config.json)", e) from None
         if not (isinstance(config, dict) and config.get("registered_name") == "resnet_tf>ResNet"
@@ -252,7 +242,7 @@ class KerasModel(_Keras):
             raise ValueError(f"{path}: bad spec in config.json: {e}") from None
 
     def tensors(self, path: Path) -> dict[str, np.ndarray]:
-        return _h5_tensors(io.BytesIO(self._member(path, self.WEIGHTS)), path, self.description)
+        return _h5_tensors(io.BytesIO(keras_archive_member(path, self.WEIGHTS)), path, self.description)
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
         self._model(state, spec).save(str(path))
