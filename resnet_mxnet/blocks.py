@@ -31,6 +31,13 @@ def batch_norm(num_channels: int = 0, *, bn_eps: float = 1e-5, bn_momentum: floa
                         in_channels=num_channels)
 
 
+def _relu(F: Any, x: Any) -> Any:
+    """ReLU as Gluon's model zoo spells it: MXNet 1.9 runs ``Activation(act_type='relu')`` in
+    oneDNN and fuses it into the conv before it, while ``F.relu`` converts the tensor to plain
+    NCHW and back (measured: a quarter of a hybridized ResNet-50's forward time on 2 cores)."""
+    return F.Activation(x, act_type="relu")
+
+
 class Residual(gluon.HybridBlock):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
@@ -54,13 +61,13 @@ class Residual(gluon.HybridBlock):
                 batch_norm(num_channels, **bn) if use_1x1conv and shortcut_bn else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
         if self.conv3 is not None:
             X = self.conv3(X)
             if self.bn3 is not None:
                 X = self.bn3(X)
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class Bottleneck(gluon.HybridBlock):
@@ -95,14 +102,14 @@ class Bottleneck(gluon.HybridBlock):
                 batch_norm(num_channels, **bn) if use_1x1conv and shortcut_bn else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(self.conv1(X)))
-        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = _relu(F, self.bn1(self.conv1(X)))
+        Y = _relu(F, self.bn2(self.conv2(Y)))
         Y = self.bn3(self.conv3(Y))
         if self.conv4 is not None:
             X = self.conv4(X)
             if self.bn4 is not None:
                 X = self.bn4(X)
-        return F.relu(Y + X)
+        return _relu(F, Y + X)
 
 
 class PreActResidual(gluon.HybridBlock):
@@ -128,11 +135,11 @@ class PreActResidual(gluon.HybridBlock):
                           in_channels=in_channels) if use_1x1conv else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(X))
+        Y = _relu(F, self.bn1(X))
         if self.conv3 is not None:
             X = self.conv3(Y)
         Y = self.conv1(Y)
-        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv2(_relu(F, self.bn2(Y)))
         return Y + X
 
 
@@ -164,12 +171,12 @@ class PreActBottleneck(gluon.HybridBlock):
                           in_channels=in_channels) if use_1x1conv else None)
 
     def hybrid_forward(self, F: Any, X: Any) -> Any:
-        Y = F.relu(self.bn1(X))
+        Y = _relu(F, self.bn1(X))
         if self.conv4 is not None:
             X = self.conv4(Y)
         Y = self.conv1(Y)
-        Y = self.conv2(F.relu(self.bn2(Y)))
-        Y = self.conv3(F.relu(self.bn3(Y)))
+        Y = self.conv2(_relu(F, self.bn2(Y)))
+        Y = self.conv3(_relu(F, self.bn3(Y)))
         return Y + X
 
 

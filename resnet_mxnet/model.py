@@ -19,7 +19,7 @@ from common.core.spec import (
 )
 
 from ._compat import gluon, nn
-from .blocks import BLOCKS, batch_norm, resnet_block
+from .blocks import BLOCKS, _relu, batch_norm, resnet_block
 
 
 class Stem(gluon.HybridBlock):
@@ -40,7 +40,7 @@ class Stem(gluon.HybridBlock):
                 nn.MaxPool2D(pool_size=3, strides=2, padding=1) if pool else None)
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
-        x = F.relu(self.bn(self.conv(x)))
+        x = _relu(F, self.bn(self.conv(x)))
         return x if self.pool is None else self.pool(x)
 
 
@@ -62,7 +62,7 @@ class Head(gluon.HybridBlock):
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         if self.bn is not None:
-            x = F.relu(self.bn(x))
+            x = _relu(F, self.bn(x))
         return self.fc(self.flatten(self.pool(x)))
 
 

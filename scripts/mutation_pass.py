@@ -320,7 +320,7 @@ MUTANTS: list[Mutant] = [
       "autograd.train_mode() if training else contextlib.nullcontext()",
       "an eval forward uses running statistics even inside a caller's autograd.record()"),
     M("mxnet-bottleneck-no-relu2", "resnet_mxnet/blocks.py",
-      "        Y = F.relu(self.bn2(self.conv2(Y)))\n", "        Y = self.bn2(self.conv2(Y))\n",
+      "        Y = _relu(F, self.bn2(self.conv2(Y)))\n", "        Y = self.bn2(self.conv2(Y))\n",
       "a Gluon bottleneck applies ReLU after its 3x3 conv"),
     # -- the family: pre-activation blocks, conv bias per kind, foreign checkpoints -------------
     M("torch-preact-shortcut-reads-raw-input", "resnet_torch/blocks.py",
@@ -331,7 +331,7 @@ MUTANTS: list[Mutant] = [
       "        Y = self.conv3(self.bn3(Y, training=training))\n",
       "a Keras pre-activation bottleneck applies ReLU before its last conv"),
     M("mxnet-preact-head-no-relu", "resnet_mxnet/model.py",
-      "            x = F.relu(self.bn(x))\n", "            x = self.bn(x)\n",
+      "            x = _relu(F, self.bn(x))\n", "            x = self.bn(x)\n",
       "a v2 network's head applies BatchNorm and ReLU before the pool"),
     M("spec-conv-bias-kinds-ignored", "common/core/spec.py",
       "    return {k: k in conv_bias for k in CONV_KINDS}",
