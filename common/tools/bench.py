@@ -318,12 +318,13 @@ def format_report(report: dict) -> str:
                                 "not timed")
             continue
         f, t = r["forward"], r["train_step"]
-        rf = f["img_per_s"] / base["forward"]["img_per_s"] if base else float("nan")
-        rt = t["img_per_s"] / base["train_step"]["img_per_s"] if base else float("nan")
+        # x torch: against torch eager, "-" where this run did not time it
+        rf = f"{f['img_per_s'] / base['forward']['img_per_s']:.2f}" if base else "-"
+        rt = f"{t['img_per_s'] / base['train_step']['img_per_s']:.2f}" if base else "-"
         th = ",".join(f"{k}={v}" for k, v in r["threads"].items())
         spread = (f["p75_s"] - f["p25_s"]) / f["median_s"]  # interquartile range, relative
-        lines.append(head + f"{p['max_rel']:>10.1e}{f['img_per_s']:>11.1f}{spread:>7.0%} {rf:>7.2f}"
-                     f"{100 * f['fraction_of_peak']:>7.1f}%{t['img_per_s']:>13.1f}{rt:>8.2f}"
+        lines.append(head + f"{p['max_rel']:>10.1e}{f['img_per_s']:>11.1f}{spread:>7.0%} {rf:>7}"
+                     f"{100 * f['fraction_of_peak']:>7.1f}%{t['img_per_s']:>13.1f}{rt:>8}"
                      f"{r['latency_b1']['ms']:>8.1f}{r['peak_rss_mb']:>9.0f}  {th}")
     return "\n".join(lines + _format_conv(report))
 
