@@ -94,7 +94,8 @@ def test_files_are_recognised_with_no_flag(r50):
         assert ckpt.format is fmt
         spec, source = resolve_spec(ckpt)
         assert spec == architecture("keras-resnet50", in_channels=3, num_classes=CLASSES), source
-        assert inspect_checkpoint(r50["dir"] / name).architecture.startswith("keras-resnet50")
+        assert inspect_checkpoint(r50["dir"] / name).architecture == (
+            "keras-resnet50 (recognised from its blocks per stage)")
 
 
 def test_conversions_verify(converted):

@@ -379,8 +379,9 @@ def recognise(ckpt: Checkpoint, spec: Optional[Unit]) -> str:
                  and dataclasses.replace(make(), in_channels=spec.in_channels,
                                          num_classes=spec.num_classes,
                                          labels=spec.labels) == spec]
-        return (f"{named[0]} (the stored spec)" if named
-                else f"{spec.name} (the stored spec; not one of the named architectures)")
+        origin = ckpt.format.spec_origin
+        return (f"{named[0]} ({origin})" if named
+                else f"{spec.name} ({origin}; not one of the named architectures)")
     fitting = fitting_architectures(ckpt)
     if fitting:
         name, found, _ = fitting[0]

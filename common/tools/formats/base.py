@@ -135,6 +135,7 @@ class Format(ABC):
     suffixes: tuple[str, ...] = ()
     description: str = ""
     carries_spec: bool = False
+    spec_origin: str = "the stored spec"  # where spec() finds it, for inspect's wording
     directory: bool = False   # a checkpoint is a directory of files (Hugging Face), not a file
 
     def __repr__(self) -> str:

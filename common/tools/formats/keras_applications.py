@@ -174,6 +174,7 @@ class KerasApplications(Format):
     """What both files share: the flat HDF5 layout, checked and mapped to canonical names."""
 
     family, framework, carries_spec = "keras-applications", "tf", True
+    spec_origin = "recognised from its blocks per stage"
 
     def read(self, path: Path, spec: Unit, *, allow_nonfinite: bool = False,
              tensors: Optional[Mapping[str, np.ndarray]] = None) -> State:
