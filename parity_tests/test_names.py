@@ -26,10 +26,12 @@ KERAS = {"weight": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta",
          "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def table(header: str = HEADER) -> list[list[str]]:
-    """The rows of the table under ``header`` in the architecture document, cells unquoted."""
-    lines = DOC.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+def table(header: str = HEADER, doc: Path = DOC, after: str = "") -> list[list[str]]:
+    """The rows of the first table under ``header`` in ``doc`` (below the line ``after``, if
+    given), cells unquoted."""
+    lines = doc.read_text().splitlines()
+    first = lines.index(after) if after else 0
+    start = next(i for i in range(first, len(lines)) if lines[i].startswith(header))
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -146,11 +148,9 @@ def resnet50_models():
     return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
 
 
-@pytest.mark.parametrize("row", table(BOTTLENECK_HEADER), ids=[r[0] for r in table(BOTTLENECK_HEADER)])
-def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
-    from common.tools.formats import torch_keys
-    key, torch_key, keras_path, gluon_key, tv_key = row
-    spec, models = resnet50_models
+def _check_framework_cells(spec, models, key: str, torch_key: str, keras_path: str,
+                           gluon_key: str) -> tuple:
+    """The PyTorch, Keras and Gluon names of ``key``, read off the built models."""
     layer, param = _layer(spec, key)
     tm, km, gm = models["torch"], models["tf"], models["mxnet"]
     torch_param = getattr(resolve(tm, layer.attr), TORCH.get(param, param)
@@ -159,6 +159,15 @@ def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
     assert getattr(resolve(km, layer.attr), KERAS[param]).path == keras_path
     gluon_param = getattr(resolve(gm, layer.attr), param)
     assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
+    return layer, param
+
+
+@pytest.mark.parametrize("row", table(BOTTLENECK_HEADER), ids=[r[0] for r in table(BOTTLENECK_HEADER)])
+def test_bottleneck_names_are_as_the_table_says(row, resnet50_models):
+    from common.tools.formats import torch_keys
+    key, torch_key, keras_path, gluon_key, tv_key = row
+    spec, models = resnet50_models
+    _check_framework_cells(spec, models, key, torch_key, keras_path, gluon_key)
     assert torch_keys(spec, torchvision=True)[key] == tv_key
 
 
@@ -169,31 +178,14 @@ def preact_models():
     return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
 
 
-def _preact_rows() -> list[list[str]]:
-    """The table under "Pre-activation names": the second table with ``HEADER``'s columns."""
-    lines = DOC.read_text().splitlines()
-    start = lines.index("### Pre-activation names (v2)")
-    header = next(i for i in range(start, len(lines)) if lines[i].startswith(HEADER))
-    rows = []
-    for line in lines[header + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([re.sub(r"^`(.*)`$", r"\1", c.strip()) for c in line.strip("|").split("|")])
-    return rows
+PREACT_ROWS = table(after="### Pre-activation names (v2)")
 
 
-@pytest.mark.parametrize("row", _preact_rows(), ids=[r[0] for r in _preact_rows()])
+@pytest.mark.parametrize("row", PREACT_ROWS, ids=[r[0] for r in PREACT_ROWS])
 def test_preactivation_names_are_as_the_table_says(row, preact_models):
     key, torch_key, keras_path, gluon_key = row
     spec, models = preact_models
-    layer, param = _layer(spec, key)
-    tm, km, gm = models["torch"], models["tf"], models["mxnet"]
-    torch_param = getattr(resolve(tm, layer.attr), TORCH.get(param, param)
-                          if layer.kind == "bn" else param)
-    assert _ids(list(tm.named_parameters()) + list(tm.named_buffers()))[id(torch_param)] == torch_key
-    assert getattr(resolve(km, layer.attr), KERAS[param]).path == keras_path
-    gluon_param = getattr(resolve(gm, layer.attr), param)
-    assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
+    layer, param = _check_framework_cells(spec, models, key, torch_key, keras_path, gluon_key)
     if key.startswith("stages.1.0.bn1."):  # a pre-activation bn1 normalises the block's input
         assert layer.shapes[param] == (spec.stage_channels[0],)
 
@@ -202,15 +194,7 @@ ZOO_HEADER = "| canonical | torchvision | Hugging Face | keras.applications (lay
 README = DOC.parents[1] / "README.md"
 
 
-def _zoo_rows() -> list[list[str]]:
-    lines = README.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(ZOO_HEADER))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
+ZOO_ROWS = table(ZOO_HEADER, README)
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +213,13 @@ def zoos():
     return architecture("resnet50"), hf, ka
 
 
-@pytest.mark.parametrize("row", _zoo_rows(), ids=[r[0] for r in _zoo_rows()])
+@pytest.mark.parametrize("row", ZOO_ROWS, ids=[r[0] for r in ZOO_ROWS])
 def test_the_readmes_model_zoo_names_are_the_zoos_own(row, zoos):
     """Each cell names a tensor that the zoo's own model has, with the canonical shape (in
     Keras's layout for keras.applications); torchvision's column is torch_keys's map."""
     from common.tools.formats import torch_keys
     spec, hf, ka = zoos
-    key, tv, hf_key, ka_cell = (re.sub(r"^`(.*)`$", r"\1", c) for c in row)
+    key, tv, hf_key, ka_cell = row
     shape = param_shapes(spec)[key]
     assert torch_keys(spec, torchvision=True)[key] == tv
     assert tuple(hf[hf_key].shape) == shape
