@@ -279,3 +279,33 @@ def test_padded_layers_refuse_a_padding_argument():
         PaddedMaxPooling2D(3, 2, padding="same")
     with pytest.raises(ValueError, match="odd"):
         PaddedConv2D(4, 2, strides=2)
+
+
+def test_fused_batch_norm_is_kerass_batch_norm_with_tensorflows_fused_kernel():
+    """resnet_tf's BatchNorm computes what Keras's own does, in inference (through TensorFlow's
+    FusedBatchNormV3, which the graph optimiser can fuse into the conv) and in training (Keras's
+    own code: batch statistics, moving averages updated alike); float64 stays on Keras's path."""
+    backend_or_skip("tf")
+    import tensorflow as tf
+
+    from resnet_tf.blocks import FusedBatchNormalization
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 5, 6)).astype(np.float32)
+    layers = [cls(epsilon=1e-5, momentum=0.9) for cls in
+              (FusedBatchNormalization, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.build(x.shape)
+    stats = [rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.2, 6), rng.normal(0, 0.2, 6),
+             rng.uniform(0.5, 2.0, 6)]
+    for layer in layers:
+        layer.set_weights([s.astype(np.float32) for s in stats])
+    fused, plain = (np.asarray(layer(x, training=False)) for layer in layers)
+    assert diff(fused, plain)[1] < 1e-6 and diff(plain, x)[1] > 1e-1
+    graph = tf.function(lambda t: layers[0](t, training=False)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    trained = [np.asarray(layer(x, training=True)) for layer in layers]
+    assert diff(trained[0], trained[1])[1] < 1e-6
+    assert all(np.allclose(a, b) for a, b in zip(layers[0].get_weights(), layers[1].get_weights()))
+    double = FusedBatchNormalization(epsilon=1e-5, dtype="float64")
+    assert np.asarray(double(x.astype(np.float64), training=False)).dtype == np.float64

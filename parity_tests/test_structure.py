@@ -231,7 +231,8 @@ OWN_MODULES = {
 # Public names only one package has, and why.
 OWN_NAMES = {
     "resnet_tf": {"PaddedConv2D", "PaddedMaxPooling2D",  # PyTorch's padding, which Keras lacks
-                  "ResnetBlock"},                          # d2l's Keras stage class
+                  "ResnetBlock",                           # d2l's Keras stage class
+                  "FusedBatchNormalization"},              # TF's fused kernel, which Keras 3 dropped
     "resnet_torch": set(),
     "resnet_mxnet": set(),
 }

@@ -9,6 +9,7 @@ spec's eps and momentum. Data is NHWC inside Keras; ``_layout`` is the one NCHW 
 from .blocks import (
     BLOCKS,
     Bottleneck,
+    FusedBatchNormalization,
     PaddedConv2D,
     PaddedMaxPooling2D,
     PreActBottleneck,
@@ -28,7 +29,7 @@ from .model import (
     resnet18,
 )
 
-__all__ = ["BLOCKS", "Bottleneck", "Head", "PaddedConv2D", "PaddedMaxPooling2D", "PreActBottleneck",
-           "PreActResidual", "ResNet", "Residual", "ResnetBlock", "Stem", "batch_norm",
-           "block_from_spec", "bottleneck_from_spec", "residual_from_spec", "resnet18",
-           "resnet_block"]
+__all__ = ["BLOCKS", "Bottleneck", "FusedBatchNormalization", "Head", "PaddedConv2D",
+           "PaddedMaxPooling2D", "PreActBottleneck", "PreActResidual", "ResNet", "Residual",
+           "ResnetBlock", "Stem", "batch_norm", "block_from_spec", "bottleneck_from_spec",
+           "residual_from_spec", "resnet18", "resnet_block"]

@@ -116,6 +116,32 @@ class PaddedMaxPooling2D(layers.MaxPooling2D):
         return config
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras's ``BatchNormalization`` whose inference on a 4-D channels-last float32 (or
+    float16/bfloat16) tensor runs TensorFlow's fused kernel, as tf.keras's ``fused=True`` did.
+
+    Keras 3 computes inference BatchNorm as ``tf.nn.batch_normalization``, an elementwise
+    multiply and add that TensorFlow's graph optimiser cannot fuse into the conv before it;
+    ``FusedBatchNormV3`` it can (measured: ResNet-50 at 224, 2 threads, tf.function forward
+    350 -> 380 GFLOP/s). Training, and any other input, is Keras's own code, unchanged; the
+    weights and their names are Keras's.
+    """
+
+    def call(self, inputs: Any, training: Optional[bool] = None, mask: Any = None) -> Any:
+        if (training or mask is not None or self.synchronized or len(inputs.shape) != 4
+                or self.axis not in (-1, 3) or inputs.dtype.name == "float64"
+                or keras.backend.backend() != "tensorflow"):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"),
+            mean=ops.cast(self.moving_mean, "float32"),
+            variance=ops.cast(self.moving_variance, "float32"), epsilon=self.epsilon,
+            data_format="NHWC", is_training=False)
+        return y
+
+
 def batch_norm(*, bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any
                ) -> layers.BatchNormalization:
     """A BatchNorm over the channels (NHWC: the last axis); ``bn_momentum`` in PyTorch's
@@ -123,9 +149,10 @@ def batch_norm(*, bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any
 
     Keras learns the channel count when the layer is built, so unlike its twins this helper
     takes none; ``kwargs`` are the layer's own (``name``, ``dtype``). Keras's default eps is
-    1e-3, never used here.
+    1e-3, never used here. The layer is :class:`FusedBatchNormalization`: Keras's own, with
+    TensorFlow's fused kernel for inference.
     """
-    return layers.BatchNormalization(epsilon=bn_eps, momentum=1.0 - bn_momentum, **kwargs)
+    return FusedBatchNormalization(epsilon=bn_eps, momentum=1.0 - bn_momentum, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
