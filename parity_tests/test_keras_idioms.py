@@ -281,6 +281,21 @@ def test_padded_layers_refuse_a_padding_argument():
         PaddedConv2D(4, 2, strides=2)
 
 
+@pytest.mark.trap
+def test_keras_3_batch_norm_has_no_fused_kernel():
+    """Keras 3's BatchNormalization on TensorFlow computes inference as elementwise ops
+    (tf.nn.batch_normalization): no FusedBatchNormV3 for the graph optimiser to fuse into the
+    conv, where tf.keras's fused=True had one. resnet_tf's FusedBatchNormalization restores it."""
+    backend_or_skip("tf")
+    import tensorflow as tf
+    layer = keras.layers.BatchNormalization()
+    layer.build((2, 5, 5, 6))
+    graph = tf.function(lambda t: layer(t, training=False)).get_concrete_function(
+        tf.TensorSpec((2, 5, 5, 6), tf.float32)).graph
+    kinds = {op.type for op in graph.get_operations()}
+    assert not any(k.startswith("FusedBatchNorm") for k in kinds) and "Rsqrt" in kinds
+
+
 def test_fused_batch_norm_is_kerass_batch_norm_with_tensorflows_fused_kernel():
     """resnet_tf's BatchNorm computes what Keras's own does, in inference (through TensorFlow's
     FusedBatchNormV3, which the graph optimiser can fuse into the conv) and in training (Keras's
