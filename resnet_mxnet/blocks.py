@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from common.core.spec import ConvBias, bias_by_kind
+from common.core.spec import ConvBias, bias_by_kind, bottleneck_strides
 
 from ._compat import gluon, nn
 
@@ -84,7 +84,7 @@ class Bottleneck(gluon.HybridBlock):
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         with self.name_scope():
             self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],
                                    in_channels=in_channels)
@@ -155,7 +155,7 @@ class PreActBottleneck(gluon.HybridBlock):
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         with self.name_scope():
             self.bn1 = batch_norm(in_channels, **bn)
             self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import keras
 from keras import layers, ops
 
-from common.core.spec import ConvBias, bias_by_kind
+from common.core.spec import ConvBias, bias_by_kind, bottleneck_strides
 
 _PACKAGE = "resnet_tf"
 
@@ -231,7 +231,7 @@ class Bottleneck(layers.Layer):
                           bn_eps=bn_eps, bn_momentum=bn_momentum)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=self.dtype_policy)
         dt, mid = self.dtype_policy, bottleneck_channels
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
         self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],
@@ -341,7 +341,7 @@ class PreActBottleneck(layers.Layer):
                           bn_momentum=bn_momentum)
         dt, mid = self.dtype_policy, bottleneck_channels
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         self.bn1 = batch_norm(**bn, name="bn1")
         self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")

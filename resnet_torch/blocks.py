@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.core.spec import ConvBias, bias_by_kind
+from common.core.spec import ConvBias, bias_by_kind, bottleneck_strides
 
 
 def batch_norm(num_channels: int, *, bn_eps: float = 1e-5, bn_momentum: float = 0.1
@@ -68,7 +68,7 @@ class Bottleneck(nn.Module):
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
         self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
                                bias=bias["3x3"])
@@ -132,7 +132,7 @@ class PreActBottleneck(nn.Module):
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
-        s1, s3 = (strides, 1) if stride_at == "1x1" else (1, strides)
+        s1, s3 = bottleneck_strides(stride_at, strides)
         self.bn1 = batch_norm(input_channels, **bn)
         self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
         self.bn2 = batch_norm(mid, **bn)

@@ -59,6 +59,12 @@ def bias_by_kind(conv_bias: ConvBias) -> dict[str, bool]:
     return {k: k in conv_bias for k in CONV_KINDS}
 
 
+def bottleneck_strides(stride_at: str, strides: int) -> tuple[int, int]:
+    """The strides of a bottleneck's first 1x1 conv and of its 3x3 conv: the block's stride
+    sits on the 1x1 (``"1x1"``, v1) or on the 3x3 (``"3x3"``, v1.5)."""
+    return (strides, 1) if stride_at == "1x1" else (1, strides)
+
+
 def _conv(name: str, attr: tuple, cin: int, cout: int, k: int, bias: bool,
           groups: int = 1) -> Layer:
     shapes = {"weight": (cout, cin // groups, k, k)}
