@@ -45,6 +45,13 @@ class Layer:
 CONV_KINDS = ("stem", "3x3", "1x1", "shortcut")
 ConvBias = Union[bool, tuple[str, ...]]
 
+# How a strided conv or max pool pads: "symmetric" is PyTorch's and Gluon's fixed ``k // 2`` on
+# every side; "same" is TensorFlow's padding='same', which d2l's Keras chapter uses: at an even
+# size and stride 2 the total padding is one less, and the missing row and column are the top and
+# left ones (pad_before = total // 2), so the kernel's sampling grid moves by one pixel. At odd
+# sizes, and at stride 1, the two agree. A 1x1 conv has no padding in either.
+PADDINGS = ("symmetric", "same")
+
 
 def bias_by_kind(conv_bias: ConvBias) -> dict[str, bool]:
     """Whether each kind of conv (:data:`CONV_KINDS`) has a bias. ``conv_bias`` is True (every
@@ -90,6 +97,7 @@ class _Options:
     bn_eps: float = 1e-5            # PyTorch's and Gluon's default; Keras defaults to 1e-3
     bn_momentum: float = TORCH_BN_MOMENTUM  # PyTorch convention, see above
     preact: bool = False            # v2: BatchNorm-ReLU-conv blocks (He et al., Identity Mappings)
+    padding: str = "symmetric"      # strided convs and the max pool; "same": d2l's Keras code
 
     def _check_options(self) -> None:
         if not isinstance(self.conv_bias, bool):  # kinds (JSON gives a list): one spelling each
@@ -104,6 +112,8 @@ class _Options:
             raise ValueError(f"bn_eps must be in (0, 1), got {self.bn_eps}")
         if not 0.0 <= self.bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.preact and self.shortcut_bn:
             raise ValueError("shortcut_bn is for post-activation blocks: a pre-activation "
                              "(preact=True) block's 1x1 shortcut is a bare conv on the "
@@ -517,6 +527,16 @@ def resnet50_v1_spec(**options: Any) -> ResNetSpec:
                             "bn_eps": 1.001e-5, **options})
 
 
+def d2l_keras_resnet18_spec(in_channels: int = 1, num_classes: int = 10,
+                            **options: Any) -> ResNetSpec:
+    """The function d2l's Keras chapter code computes (its ``net()``): d2l's ResNet-18 with
+    TensorFlow's ``padding='same'`` on the strided convs and the max pool (:data:`PADDINGS`),
+    and Keras's BatchNorm defaults, eps 1e-3 and momentum 0.99 (0.01 in PyTorch's convention)."""
+    return ResNetSpec(**{"name": "d2l-keras-resnet18", "in_channels": in_channels,
+                         "num_classes": num_classes, "padding": "same", "bn_eps": 1e-3,
+                         "bn_momentum": 0.01, **options})
+
+
 def resnet18_v2_spec(in_channels: int = 1, num_classes: int = 10, **options: Any) -> ResNetSpec:
     """d2l's ResNet-18 with pre-activation blocks (the chapter's exercise; He et al. 2016,
     Identity Mappings): BatchNorm-ReLU-conv blocks and a BatchNorm-ReLU before the pool."""
@@ -550,11 +570,13 @@ def keras_resnet152_spec(**options: Any) -> ResNetSpec:
     return _keras_applications("keras-resnet152", resnet152_spec, **options)
 
 
-# The standard members by name (what --arch says). resnet18 is d2l's, the suite's default; the
-# others are torchvision's and Hugging Face's layout (v1.5), except resnet50_v1 and the
-# keras.applications members (v1) and the pre-activation members (v2).
+# The standard members by name (what --arch says). resnet18 is d2l's, the suite's default, and
+# d2l-keras-resnet18 the function d2l's Keras code computes; the others are torchvision's and
+# Hugging Face's layout (v1.5), except resnet50_v1 and the keras.applications members (v1) and
+# the pre-activation members (v2).
 ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "resnet18": resnet18_spec,
+    "d2l-keras-resnet18": d2l_keras_resnet18_spec,
     "torchvision-resnet18": torchvision_resnet18_spec,
     "resnet34": resnet34_spec,
     "resnet50": resnet50_spec,
@@ -589,6 +611,12 @@ def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
 def num_inputs(unit: Unit) -> int:
     """Input channels of a unit: the network's ``in_channels``, a block's ``input_channels``."""
     return unit.in_channels if isinstance(unit, ResNetSpec) else unit.input_channels
+
+
+def unit_name(unit: Unit) -> str:
+    """What messages call a unit: a network's ``name``, or d2l's name for a lone block."""
+    names = {ResidualSpec: "Residual", ResnetBlockSpec: "resnet_block", BottleneckSpec: "Bottleneck"}
+    return unit.name if isinstance(unit, ResNetSpec) else names[type(unit)]
 
 
 def num_outputs(unit: Unit) -> int:
