@@ -3,16 +3,30 @@ code: what a recorded activation must equal, and what a framework's own layer co
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
+Padding = Union[int, str, None]
+
+
+def _pads(size: int, k: int, stride: int, padding: Padding) -> tuple[int, int]:
+    """(before, after) along one axis: ``k // 2`` each side by default, ``padding`` each side
+    for an int, TensorFlow's 'same' for "same" (output ceil(size / stride); of the padding that
+    needs, the larger half goes after)."""
+    if padding == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + k - size, 0)
+        return total // 2, total - total // 2
+    p = k // 2 if padding is None else int(padding)
+    return p, p
+
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None, stride: int = 1,
-           padding: Optional[int] = None, groups: int = 1) -> np.ndarray:
+           padding: Padding = None, groups: int = 1) -> np.ndarray:
     """Cross-correlation of NCHW ``x`` with ``w`` ``(out, in / groups, kh, kw)``, zero padding
-    (default ``k // 2`` on each side, PyTorch's ``padding=k//2``), then the bias. With
-    ``groups``, output channel block g sees input channel block g only."""
+    (default ``k // 2`` on each side, PyTorch's ``padding=k//2``; "same": TensorFlow's), then
+    the bias. With ``groups``, output channel block g sees input channel block g only."""
     if groups > 1:
         xs, ws = np.split(np.asarray(x), groups, axis=1), np.split(np.asarray(w), groups, axis=0)
         out = np.concatenate([conv2d(xg, wg, None, stride, padding) for xg, wg in zip(xs, ws)],
@@ -20,8 +34,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None, stride:
         return out if b is None else out + np.asarray(b, np.float64)[None, :, None, None]
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     kh, kw = w.shape[2:]
-    ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    xp = np.pad(x, ((0, 0), (0, 0), _pads(x.shape[2], kh, stride, padding),
+                    _pads(x.shape[3], kw, stride, padding)))
     oh, ow = (xp.shape[2] - kh) // stride + 1, (xp.shape[3] - kw) // stride + 1
     out = np.zeros((x.shape[0], w.shape[0], oh, ow))
     for i in range(kh):
@@ -44,10 +58,12 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(x, np.float64), 0.0)
 
 
-def max_pool(x: np.ndarray, k: int = 3, stride: int = 2, padding: int = 1) -> np.ndarray:
-    """NCHW max pool; the padding is -inf, so it never wins the max (PyTorch's ``padding``)."""
-    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)),
-                constant_values=-np.inf)
+def max_pool(x: np.ndarray, k: int = 3, stride: int = 2, padding: Padding = 1) -> np.ndarray:
+    """NCHW max pool; the padding is -inf, so it never wins the max (PyTorch's ``padding``;
+    "same": TensorFlow's)."""
+    x = np.asarray(x, np.float64)
+    xp = np.pad(x, ((0, 0), (0, 0), _pads(x.shape[2], k, stride, padding),
+                    _pads(x.shape[3], k, stride, padding)), constant_values=-np.inf)
     oh, ow = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
     return np.max([xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
                    for i in range(k) for j in range(k)], axis=0)

@@ -24,9 +24,11 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     A = lambda name: acts[name].astype(np.float64)   # noqa: E731
     ref: dict[str, np.ndarray] = {}
 
+    pad = "same" if spec.padding == "same" else None  # else k // 2 on each side
+
     def conv(layer, inp, stride, groups=1):
         bias = S(f"{layer}.bias") if f"{layer}.bias" in state else None
-        return ref_np.conv2d(inp, S(f"{layer}.weight"), bias, stride, groups=groups)
+        return ref_np.conv2d(inp, S(f"{layer}.weight"), bias, stride, pad, groups=groups)
 
     def bn(layer, inp):
         return ref_np.batch_norm(inp, *(S(f"{layer}.{p}") for p in
@@ -38,7 +40,7 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
     ref["stem.relu"] = ref_np.relu(A("stem.bn"))
     prev = "stem.relu"
     if spec.stem_pool:
-        ref["stem.pool"] = ref_np.max_pool(A("stem.relu"))
+        ref["stem.pool"] = ref_np.max_pool(A("stem.relu"), padding=1 if pad is None else pad)
         prev = "stem.pool"
     for i, stage in enumerate(spec.stages()):
         for j, r in enumerate(stage.residuals()):
@@ -104,8 +106,11 @@ def reference_activations(spec: ResNetSpec, state: dict, acts: dict, x: np.ndarr
      "shortcut_bn": True, "bn_eps": 1e-2},
     {"preact": True, "bn_eps": 1e-2},
     {"preact": True, "block": "bottleneck", "groups": 2, "conv_bias": False},
-    {"block": "bottleneck", "stride_at": "1x1", "conv_bias": ("1x1",), "shortcut_bn": True}],
-    ids=["d2l", "torchvision-like", "resnext-v1", "preact", "preact-resnext", "bias-on-1x1-only"])
+    {"block": "bottleneck", "stride_at": "1x1", "conv_bias": ("1x1",), "shortcut_bn": True},
+    {"padding": "same", "bn_eps": 1e-3},
+    {"padding": "same", "block": "bottleneck", "groups": 2, "preact": True}],
+    ids=["d2l", "torchvision-like", "resnext-v1", "preact", "preact-resnext", "bias-on-1x1-only",
+         "d2l-keras", "same-preact-resnext"])
 def test_every_activation_is_its_layers_definition(be, tiny, options):
     """conv (padding k//2, stride), eval BatchNorm with the spec's eps, ReLU, -inf-padded
     3x3/2 max pool, residual sum, global average pool, flatten, dense: each recorded activation
@@ -114,7 +119,7 @@ def test_every_activation_is_its_layers_definition(be, tiny, options):
     state = random_state(spec, seed=6)
     model = be.build(spec)
     be.load_state(model, state)
-    x = make_input((2, 3, 19, 19), seed=6)
+    x = make_input((2, 3, 20, 19), seed=6)  # even and odd: 'same' padding differs at even sizes
     acts = be.activations(model, x)
     ref = reference_activations(spec, state, acts, x.astype(np.float64))
     assert list(acts) == list(ref)

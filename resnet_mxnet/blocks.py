@@ -5,7 +5,7 @@ The names and positional arguments are d2l's Gluon ones (no input channel count:
 it on the first call). ``in_channels`` is keyword-only and optional: leave it at 0 for d2l's
 deferred initialisation, or give it to get parameters with known shapes straight after
 ``initialize()``. The other keyword-only options (conv bias, shortcut BatchNorm, BatchNorm eps
-and momentum) default to d2l's values; ``bn_momentum`` is in PyTorch's convention (the weight of
+and momentum, padding) default to d2l's values; ``bn_momentum`` is in PyTorch's convention (the weight of
 the *new* batch), and is handed to Gluon as ``momentum=1 - bn_momentum``.
 ``resnet_torch.blocks`` and ``resnet_tf.blocks`` are the same module.
 
@@ -38,18 +38,77 @@ def _relu(F: Any, x: Any) -> Any:
     return F.Activation(x, act_type="relu")
 
 
+def _same_pad(F: Any, x: Any, kernel: int, value: float = 0.0) -> Any:
+    """TensorFlow's padding='same' for an odd ``kernel`` at stride 2, written so it hybridizes
+    (a symbol has no shape to compute pad widths from): pad ``kernel // 2`` on every side, then
+    drop the first row and column where the input size is even, which leaves the padding
+    ``kernel // 2 - 1`` before and ``kernel // 2`` after, as Keras has it. The dropped row is
+    replaced by a copy of the last one ('clip'), which a stride-2 window never reaches."""
+    p = kernel // 2
+    x_p = F.pad(x, mode="constant", constant_value=value, pad_width=(0, 0, 0, 0, p, p, p, p))
+    shape = F.shape_array(x)
+    for axis in (2, 3):
+        even = 1 - F.slice_axis(shape, axis=0, begin=axis, end=axis + 1) % 2
+        index = F.broadcast_add(F.cast(F.contrib.arange_like(x_p, axis=axis), "int64"), even)
+        x_p = F.take(x_p, index, axis=axis, mode="clip")
+    return x_p
+
+
+class Conv2DSame(nn.Conv2D):
+    """``Conv2D`` with TensorFlow's padding='same' at stride 2 (the spec's ``padding="same"``,
+    d2l's Keras code): at an even size the extra row and column are the bottom and right ones.
+    Parameters and names are ``Conv2D``'s."""
+
+    def __init__(self, channels: int, kernel_size: int, strides: int = 2, **kwargs: Any) -> None:
+        if strides != 2 or kernel_size % 2 == 0:
+            raise ValueError(f"Conv2DSame pads an odd kernel at stride 2, got kernel_size="
+                             f"{kernel_size}, strides={strides}")
+        super().__init__(channels, kernel_size, strides=strides, padding=0, **kwargs)
+        self._same = kernel_size
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
+        return super().hybrid_forward(F, _same_pad(F, x, self._same), weight, bias)
+
+
+class MaxPool2DSame(nn.MaxPool2D):
+    """d2l's 3x3/2 max pool with TensorFlow's padding='same', padded with ``-inf`` so that
+    padding never wins a max."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(pool_size=3, strides=2, padding=0, **kwargs)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return super().hybrid_forward(F, _same_pad(F, x, 3, float("-inf")))
+
+
+def padded_conv(num_channels: int, kernel_size: int, strides: int = 1, *,
+                padding: str = "symmetric", **kwargs: Any) -> nn.Conv2D:
+    """A conv padded as ``padding`` says (:data:`common.core.spec.PADDINGS`): ``kernel_size
+    // 2`` on each side, or TensorFlow's 'same' where that differs (a stride)."""
+    if padding == "same" and strides != 1:
+        return Conv2DSame(num_channels, kernel_size, strides, **kwargs)
+    return nn.Conv2D(num_channels, kernel_size=kernel_size, strides=strides,
+                     padding=kernel_size // 2, **kwargs)
+
+
+def max_pool(padding: str = "symmetric") -> nn.MaxPool2D:
+    """d2l's 3x3/2 max pool: padding 1 (of ``-inf``) on each side, or TensorFlow's 'same'."""
+    return MaxPool2DSame() if padding == "same" else nn.MaxPool2D(pool_size=3, strides=2, padding=1)
+
+
 class Residual(gluon.HybridBlock):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int = 0, conv_bias: ConvBias = True, shortcut_bn: bool = False,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, padding: str = "symmetric",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         with self.name_scope():
-            self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                   use_bias=bias["3x3"], in_channels=in_channels)
+            self.conv1 = padded_conv(num_channels, 3, strides, padding=padding,
+                                     use_bias=bias["3x3"], in_channels=in_channels)
             self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias["3x3"],
                                    in_channels=num_channels)
             self.conv3: Optional[nn.Conv2D] = (
@@ -79,7 +138,8 @@ class Bottleneck(gluon.HybridBlock):
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, in_channels: int = 0, groups: int = 1,
                  stride_at: str = "3x3", conv_bias: ConvBias = True, shortcut_bn: bool = False,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, padding: str = "symmetric",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -88,8 +148,8 @@ class Bottleneck(gluon.HybridBlock):
         with self.name_scope():
             self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],
                                    in_channels=in_channels)
-            self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
-                                   use_bias=bias["3x3"], in_channels=mid)
+            self.conv2 = padded_conv(mid, 3, s3, padding=padding, groups=groups,
+                                     use_bias=bias["3x3"], in_channels=mid)
             self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias["1x1"],
                                    in_channels=mid)
             self.conv4: Optional[nn.Conv2D] = (
@@ -119,14 +179,14 @@ class PreActResidual(gluon.HybridBlock):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  in_channels: int = 0, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         with self.name_scope():
             self.bn1 = batch_norm(in_channels, **bn)
-            self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                   use_bias=bias["3x3"], in_channels=in_channels)
+            self.conv1 = padded_conv(num_channels, 3, strides, padding=padding,
+                                     use_bias=bias["3x3"], in_channels=in_channels)
             self.bn2 = batch_norm(num_channels, **bn)
             self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1, use_bias=bias["3x3"],
                                    in_channels=num_channels)
@@ -150,7 +210,7 @@ class PreActBottleneck(gluon.HybridBlock):
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, in_channels: int = 0, groups: int = 1,
                  stride_at: str = "3x3", conv_bias: ConvBias = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -161,8 +221,8 @@ class PreActBottleneck(gluon.HybridBlock):
             self.conv1 = nn.Conv2D(mid, kernel_size=1, strides=s1, use_bias=bias["1x1"],
                                    in_channels=in_channels)
             self.bn2 = batch_norm(mid, **bn)
-            self.conv2 = nn.Conv2D(mid, kernel_size=3, padding=1, strides=s3, groups=groups,
-                                   use_bias=bias["3x3"], in_channels=mid)
+            self.conv2 = padded_conv(mid, 3, s3, padding=padding, groups=groups,
+                                     use_bias=bias["3x3"], in_channels=mid)
             self.bn3 = batch_norm(mid, **bn)
             self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=bias["1x1"],
                                    in_channels=mid)

@@ -19,25 +19,25 @@ from common.core.spec import (
 )
 
 from ._compat import gluon, nn
-from .blocks import BLOCKS, _relu, batch_norm, resnet_block
+from .blocks import BLOCKS, _relu, batch_norm, max_pool, padded_conv, resnet_block
 
 
 class Stem(gluon.HybridBlock):
     """d2l's ``b1``: ``conv`` (padding ``kernel_size // 2``), ``bn``, ReLU and, with ``pool``,
-    a 3x3/2 max ``pool`` (padding 1). ``in_channels`` 0 defers the conv's shape to Gluon."""
+    a 3x3/2 max ``pool`` (padding 1); with ``padding="same"``, TensorFlow's padding instead.
+    ``in_channels`` 0 defers the conv's shape to Gluon."""
 
     def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
                  pool: bool = True, *, in_channels: int = 0, conv_bias: ConvBias = True,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, padding: str = "symmetric",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         with self.name_scope():
-            self.conv = nn.Conv2D(num_channels, kernel_size=kernel_size, strides=strides,
-                                  padding=kernel_size // 2, use_bias=bias["stem"],
-                                  in_channels=in_channels)
+            self.conv = padded_conv(num_channels, kernel_size, strides, padding=padding,
+                                    use_bias=bias["stem"], in_channels=in_channels)
             self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
-            self.pool: Optional[nn.MaxPool2D] = (
-                nn.MaxPool2D(pool_size=3, strides=2, padding=1) if pool else None)
+            self.pool: Optional[nn.MaxPool2D] = max_pool(padding) if pool else None
 
     def hybrid_forward(self, F: Any, x: Any) -> Any:
         x = _relu(F, self.bn(self.conv(x)))
@@ -81,7 +81,7 @@ class ResNet(gluon.HybridBlock):
             self.stem = Stem(spec.stem_channels, spec.stem_kernel, spec.stem_stride,
                              spec.stem_pool, in_channels=spec.in_channels,
                              conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
-                             bn_momentum=spec.bn_momentum)
+                             bn_momentum=spec.bn_momentum, padding=spec.padding)
             self.stages = nn.HybridSequential()
             with self.stages.name_scope():
                 for stage in spec.stages():

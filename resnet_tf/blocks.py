@@ -3,8 +3,9 @@ suite's explicit options.
 
 The names and positional arguments are d2l's Keras ones (``Residual(num_channels, ...)``,
 ``ResnetBlock(num_channels, num_residuals, first_block=False)``: Keras infers input channels);
-the keyword-only options (conv bias, shortcut BatchNorm, BatchNorm eps and momentum) default to
-d2l's PyTorch values, so the block is PyTorch's function, not the d2l Keras code's.
+the keyword-only options (conv bias, shortcut BatchNorm, BatchNorm eps and momentum, padding)
+default to d2l's PyTorch values, so the block is PyTorch's function, not the d2l Keras code's;
+``padding="same"``, ``bn_eps=1e-3`` and ``bn_momentum=0.01`` make it the Keras code's.
 ``resnet_torch.blocks`` and ``resnet_mxnet.blocks`` are the same module. Two layers, which have
 no twin because only Keras needs them, fix what differs:
 
@@ -61,19 +62,22 @@ class PaddedConv2D(layers.Conv2D):
     """``Conv2D`` with PyTorch's padding: ``kernel_size // 2`` zeros on each side, any stride.
 
     For a stride-2 convolution the input is zero-padded symmetrically, then convolved
-    ``'valid'``; at stride 1 Keras's own ``'same'`` already is symmetric and is used. The
-    kernel is an ordinary ``Conv2D`` kernel, ``(kh, kw, in, out)``.
+    ``'valid'``; at stride 1 Keras's own ``'same'`` already is symmetric and is used. With
+    ``padding_mode="same"`` (the spec's ``padding="same"``, d2l's Keras code) it is Keras's own
+    ``'same'`` at every stride. The kernel is an ordinary ``Conv2D`` kernel, ``(kh, kw, in, out)``.
     """
 
-    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, **kwargs: Any) -> None:
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1,
+                 padding_mode: str = "symmetric", **kwargs: Any) -> None:
         if "padding" in kwargs:
-            raise TypeError("PaddedConv2D always pads kernel_size // 2 on each side; "
-                            "do not pass padding")
+            raise TypeError("PaddedConv2D pads as padding_mode says ('symmetric': "
+                            "kernel_size // 2 on each side; 'same': Keras's); do not pass padding")
         k = _odd_pair(kernel_size, "kernel_size")
         s = (strides, strides) if isinstance(strides, int) else tuple(strides)
-        native = s == (1, 1)
+        native = s == (1, 1) or padding_mode == "same"
         super().__init__(filters, kernel_size, strides=strides,
                          padding="same" if native else "valid", **kwargs)
+        self.padding_mode = padding_mode
         self.pad = (0, 0) if native else (k[0] // 2, k[1] // 2)
 
     def call(self, inputs: Any) -> Any:
@@ -84,8 +88,8 @@ class PaddedConv2D(layers.Conv2D):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.pop("padding")  # derived from kernel_size and strides
-        return config
+        config.pop("padding")  # derived from kernel_size, strides and padding_mode
+        return {**config, "padding_mode": self.padding_mode}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -93,16 +97,21 @@ class PaddedMaxPooling2D(layers.MaxPooling2D):
     """``MaxPooling2D`` with PyTorch's padding: ``pool_size // 2`` of ``-inf`` on each side.
 
     PyTorch's ``MaxPool2d(3, stride=2, padding=1)``; padding never wins a max, even where
-    every input is negative (zero padding would).
+    every input is negative (zero padding would). With ``padding_mode="same"``, Keras's own
+    ``'same'`` (which never lets padding win either).
     """
 
-    def __init__(self, pool_size: Any = 3, strides: Any = 2, **kwargs: Any) -> None:
+    def __init__(self, pool_size: Any = 3, strides: Any = 2, padding_mode: str = "symmetric",
+                 **kwargs: Any) -> None:
         if "padding" in kwargs:
-            raise TypeError("PaddedMaxPooling2D always pads pool_size // 2 on each side; "
-                            "do not pass padding")
+            raise TypeError("PaddedMaxPooling2D pads as padding_mode says ('symmetric': "
+                            "pool_size // 2 on each side; 'same': Keras's); do not pass padding")
         k = _odd_pair(pool_size, "pool_size")
-        super().__init__(pool_size=pool_size, strides=strides, padding="valid", **kwargs)
-        self.pad = (k[0] // 2, k[1] // 2)
+        native = padding_mode == "same"
+        super().__init__(pool_size=pool_size, strides=strides,
+                         padding="same" if native else "valid", **kwargs)
+        self.padding_mode = padding_mode
+        self.pad = (0, 0) if native else (k[0] // 2, k[1] // 2)
 
     def call(self, inputs: Any) -> Any:
         return super().call(_pad_spatial(inputs, self.pad, self.data_format, float("-inf")))
@@ -113,7 +122,7 @@ class PaddedMaxPooling2D(layers.MaxPooling2D):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("padding")
-        return config
+        return {**config, "padding_mode": self.padding_mode}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -161,16 +170,16 @@ class Residual(layers.Layer):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         self.num_channels, self.use_1x1conv, self.strides = num_channels, use_1x1conv, strides
         self.conv_bias, self.shortcut_bn = conv_bias, shortcut_bn
-        self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
+        self.bn_eps, self.bn_momentum, self.padding = bn_eps, bn_momentum, padding
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         bn["dtype"] = dt = self.dtype_policy  # sublayers compute in the block's dtype
-        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=bias["3x3"],
-                                  name="conv1", dtype=dt)
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, padding_mode=padding,
+                                  use_bias=bias["3x3"], name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
         self.conv2 = PaddedConv2D(num_channels, 3, use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
@@ -208,7 +217,7 @@ class Residual(layers.Layer):
         return {**super().get_config(), "num_channels": self.num_channels,
                 "use_1x1conv": self.use_1x1conv, "strides": self.strides,
                 "conv_bias": self.conv_bias, "shortcut_bn": self.shortcut_bn,
-                "bn_eps": self.bn_eps, "bn_momentum": self.bn_momentum}
+                "bn_eps": self.bn_eps, "bn_momentum": self.bn_momentum, "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -222,20 +231,20 @@ class Bottleneck(layers.Layer):
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
                  conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
                           use_1x1conv=use_1x1conv, strides=strides, groups=groups,
                           stride_at=stride_at, conv_bias=conv_bias, shortcut_bn=shortcut_bn,
-                          bn_eps=bn_eps, bn_momentum=bn_momentum)
+                          bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=self.dtype_policy)
         dt, mid = self.dtype_policy, bottleneck_channels
         s1, s3 = bottleneck_strides(stride_at, strides)
         self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],
-                                  name="conv2", dtype=dt)
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, padding_mode=padding,
+                                  use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
         self.conv3 = PaddedConv2D(num_channels, 1, use_bias=bias["1x1"], name="conv3", dtype=dt)
         self.bn3 = batch_norm(**bn, name="bn3")
@@ -284,16 +293,17 @@ class PreActResidual(layers.Layer):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1, *,
                  conv_bias: ConvBias = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 **kwargs: Any) -> None:
+                 padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, use_1x1conv=use_1x1conv, strides=strides,
-                          conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
+                          conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                          padding=padding)
         dt = self.dtype_policy
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
         self.bn1 = batch_norm(**bn, name="bn1")
-        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, use_bias=bias["3x3"],
-                                  name="conv1", dtype=dt)
+        self.conv1 = PaddedConv2D(num_channels, 3, strides=strides, padding_mode=padding,
+                                  use_bias=bias["3x3"], name="conv1", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
         self.conv2 = PaddedConv2D(num_channels, 3, use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.conv3: Optional[PaddedConv2D] = (
@@ -332,21 +342,21 @@ class PreActBottleneck(layers.Layer):
     def __init__(self, num_channels: int, bottleneck_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, groups: int = 1, stride_at: str = "3x3",
                  conv_bias: ConvBias = True, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 **kwargs: Any) -> None:
+                 padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, bottleneck_channels=bottleneck_channels,
                           use_1x1conv=use_1x1conv, strides=strides, groups=groups,
                           stride_at=stride_at, conv_bias=conv_bias, bn_eps=bn_eps,
-                          bn_momentum=bn_momentum)
+                          bn_momentum=bn_momentum, padding=padding)
         dt, mid = self.dtype_policy, bottleneck_channels
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dt)
         s1, s3 = bottleneck_strides(stride_at, strides)
         self.bn1 = batch_norm(**bn, name="bn1")
         self.conv1 = PaddedConv2D(mid, 1, strides=s1, use_bias=bias["1x1"], name="conv1", dtype=dt)
         self.bn2 = batch_norm(**bn, name="bn2")
-        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],
-                                  name="conv2", dtype=dt)
+        self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, padding_mode=padding,
+                                  use_bias=bias["3x3"], name="conv2", dtype=dt)
         self.bn3 = batch_norm(**bn, name="bn3")
         self.conv3 = PaddedConv2D(num_channels, 1, use_bias=bias["1x1"], name="conv3", dtype=dt)
         self.conv4: Optional[PaddedConv2D] = (
@@ -404,12 +414,13 @@ class ResnetBlock(layers.Layer):
                  in_channels: int = 0, block: str = "basic", preact: bool = False,
                  bottleneck_channels: int = 0, groups: int = 1, stride_at: str = "3x3",
                  conv_bias: ConvBias = True, shortcut_bn: bool = False, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_channels, self.num_residuals, self.first_block = (
             num_channels, num_residuals, first_block)
         self.in_channels, self.block, self.preact = in_channels, block, preact
         self.residual_options = dict(conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                                     padding=padding,
                                      **({} if preact else {"shortcut_bn": shortcut_bn}))
         self.block_options = ({} if block == "basic" else dict(
             bottleneck_channels=bottleneck_channels, groups=groups, stride_at=stride_at))

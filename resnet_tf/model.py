@@ -44,17 +44,19 @@ class Stem(layers.Layer):
 
     def __init__(self, num_channels: int, kernel_size: int = 7, strides: int = 2,
                  pool: bool = True, *, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, **kwargs: Any) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         self._args = dict(num_channels=num_channels, kernel_size=kernel_size, strides=strides,
-                          pool=pool, conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum)
+                          pool=pool, conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                          padding=padding)
         dt = self.dtype_policy  # sublayers compute in the stem's dtype
-        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, use_bias=bias["stem"],
-                                 name="conv", dtype=dt)
+        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, padding_mode=padding,
+                                 use_bias=bias["stem"], name="conv", dtype=dt)
         self.bn = batch_norm(bn_eps=bn_eps, bn_momentum=bn_momentum, name="bn", dtype=dt)
         self.pool: Optional[PaddedMaxPooling2D] = (
-            PaddedMaxPooling2D(3, strides=2, name="pool", dtype=dt) if pool else None)
+            PaddedMaxPooling2D(3, strides=2, padding_mode=padding, name="pool", dtype=dt)
+            if pool else None)
 
     def build(self, input_shape: tuple) -> None:
         self.conv.build(input_shape)
@@ -128,7 +130,7 @@ class ResNet(keras.Model):
         dt = self.dtype_policy  # every layer computes in the model's dtype
         self.stem = Stem(spec.stem_channels, spec.stem_kernel, spec.stem_stride, spec.stem_pool,
                          conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
-                         bn_momentum=spec.bn_momentum, name="stem", dtype=dt)
+                         bn_momentum=spec.bn_momentum, padding=spec.padding, name="stem", dtype=dt)
         # Unlike its twins, ResNet does not take its stages from block_from_spec, which builds
         # them at once: built here, in the model's build, their weight paths carry the model's
         # name ("resnet18/stages.1/0/conv3/kernel").

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.core.spec import ConvBias, bias_by_kind, bottleneck_strides
+from common.core.spec import ConvBias, bias_by_kind, bottleneck_strides, same_padding
 
 
 def batch_norm(num_channels: int, *, bn_eps: float = 1e-5, bn_momentum: float = 0.1
@@ -25,17 +25,65 @@ def batch_norm(num_channels: int, *, bn_eps: float = 1e-5, bn_momentum: float = 
     return nn.BatchNorm2d(num_channels, eps=bn_eps, momentum=bn_momentum)
 
 
+def _same_pads(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> list[int]:
+    """``F.pad``'s (left, right, top, bottom) for TensorFlow's padding='same' on NCHW ``x``."""
+    (top, bottom), (left, right) = (same_padding(n, k, s) for n, k, s in
+                                    zip(x.shape[-2:], kernel, stride))
+    return [left, right, top, bottom]
+
+
+class Conv2dSame(nn.Conv2d):
+    """``Conv2d`` with TensorFlow's padding='same' (the spec's ``padding="same"``, d2l's Keras
+    code): worked out from the input size at each call, so at stride 2 and an even size the
+    extra row and column are the bottom and right ones. Weights and names are ``Conv2d``'s."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, padding=0, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, _same_pads(x, self.kernel_size, self.stride)))
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """``MaxPool2d`` with TensorFlow's padding='same', padded with ``-inf``: padding never
+    wins a max, as in Keras's own pool."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__(kernel_size, stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = (self.kernel_size,) * 2, (self.stride,) * 2
+        return super().forward(F.pad(x, _same_pads(x, k, s), value=float("-inf")))
+
+
+def padded_conv(input_channels: int, num_channels: int, kernel_size: int, strides: int = 1, *,
+                bias: bool = True, groups: int = 1, padding: str = "symmetric") -> nn.Conv2d:
+    """A conv padded as ``padding`` says (:data:`common.core.spec.PADDINGS`): PyTorch's
+    ``kernel_size // 2`` on each side, or TensorFlow's 'same' where that differs (a stride)."""
+    if padding == "same" and strides != 1:
+        return Conv2dSame(input_channels, num_channels, kernel_size, stride=strides, bias=bias,
+                          groups=groups)
+    return nn.Conv2d(input_channels, num_channels, kernel_size, stride=strides,
+                     padding=kernel_size // 2, bias=bias, groups=groups)
+
+
+def max_pool(padding: str = "symmetric") -> nn.MaxPool2d:
+    """d2l's 3x3/2 max pool: padding 1 of ``-inf`` on each side, or TensorFlow's 'same'."""
+    return MaxPool2dSame(3, 2) if padding == "same" else nn.MaxPool2d(3, stride=2, padding=1)
+
+
 class Residual(nn.Module):
     """The Residual block of ResNet: two 3x3 conv+BN, an optional 1x1 conv shortcut."""
 
     def __init__(self, input_channels: int, num_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, conv_bias: ConvBias = True, shortcut_bn: bool = False,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 padding: str = "symmetric") -> None:
         super().__init__()
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=bias["3x3"])
+        self.conv1 = padded_conv(input_channels, num_channels, 3, strides, bias=bias["3x3"],
+                                 padding=padding)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
                                bias=bias["3x3"])
         self.conv3 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
@@ -63,15 +111,15 @@ class Bottleneck(nn.Module):
     def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
                  use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
                  stride_at: str = "3x3", conv_bias: ConvBias = True, shortcut_bn: bool = False,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 padding: str = "symmetric") -> None:
         super().__init__()
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid = bottleneck_channels
         s1, s3 = bottleneck_strides(stride_at, strides)
         self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
-        self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
-                               bias=bias["3x3"])
+        self.conv2 = padded_conv(mid, mid, 3, s3, groups=groups, bias=bias["3x3"], padding=padding)
         self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=bias["1x1"])
         self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,
                                 bias=bias["shortcut"]) if use_1x1conv else None)
@@ -98,13 +146,13 @@ class PreActResidual(nn.Module):
 
     def __init__(self, input_channels: int, num_channels: int, use_1x1conv: bool = False,
                  strides: int = 1, *, conv_bias: ConvBias = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric") -> None:
         super().__init__()
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.bn1 = batch_norm(input_channels, **bn)
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=bias["3x3"])
+        self.conv1 = padded_conv(input_channels, num_channels, 3, strides, bias=bias["3x3"],
+                                 padding=padding)
         self.bn2 = batch_norm(num_channels, **bn)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
                                bias=bias["3x3"])
@@ -127,7 +175,7 @@ class PreActBottleneck(nn.Module):
     def __init__(self, input_channels: int, num_channels: int, bottleneck_channels: int,
                  use_1x1conv: bool = False, strides: int = 1, *, groups: int = 1,
                  stride_at: str = "3x3", conv_bias: ConvBias = True, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1) -> None:
+                 bn_momentum: float = 0.1, padding: str = "symmetric") -> None:
         super().__init__()
         bias = bias_by_kind(conv_bias)  # which convs have a bias
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -136,8 +184,7 @@ class PreActBottleneck(nn.Module):
         self.bn1 = batch_norm(input_channels, **bn)
         self.conv1 = nn.Conv2d(input_channels, mid, kernel_size=1, stride=s1, bias=bias["1x1"])
         self.bn2 = batch_norm(mid, **bn)
-        self.conv2 = nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=s3, groups=groups,
-                               bias=bias["3x3"])
+        self.conv2 = padded_conv(mid, mid, 3, s3, groups=groups, bias=bias["3x3"], padding=padding)
         self.bn3 = batch_norm(mid, **bn)
         self.conv3 = nn.Conv2d(mid, num_channels, kernel_size=1, bias=bias["1x1"])
         self.conv4 = (nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides,

@@ -18,23 +18,22 @@ from common.core.spec import (
     resnet18_spec,
 )
 
-from .blocks import BLOCKS, batch_norm, resnet_block
+from .blocks import BLOCKS, batch_norm, max_pool, padded_conv, resnet_block
 
 
 class Stem(nn.Module):
     """d2l's ``b1``: ``conv`` (padding ``kernel_size // 2``), ``bn``, ReLU and, with ``pool``,
-    a 3x3/2 max ``pool`` (padding 1)."""
+    a 3x3/2 max ``pool`` (padding 1); with ``padding="same"``, TensorFlow's padding instead."""
 
     def __init__(self, input_channels: int, num_channels: int, kernel_size: int = 7,
                  strides: int = 2, pool: bool = True, *, conv_bias: ConvBias = True,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1, padding: str = "symmetric") -> None:
         super().__init__()
         bias = bias_by_kind(conv_bias)  # which convs have a bias
-        self.conv = nn.Conv2d(input_channels, num_channels, kernel_size=kernel_size,
-                              stride=strides, padding=kernel_size // 2, bias=bias["stem"])
+        self.conv = padded_conv(input_channels, num_channels, kernel_size, strides,
+                                bias=bias["stem"], padding=padding)
         self.bn = batch_norm(num_channels, bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.pool: Optional[nn.MaxPool2d] = (
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else None)
+        self.pool: Optional[nn.MaxPool2d] = max_pool(padding) if pool else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.conv(x)))
@@ -73,7 +72,7 @@ class ResNet(nn.Module):
         self.spec = spec
         self.stem = Stem(spec.in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride,
                          spec.stem_pool, conv_bias=spec.conv_bias, bn_eps=spec.bn_eps,
-                         bn_momentum=spec.bn_momentum)
+                         bn_momentum=spec.bn_momentum, padding=spec.padding)
         self.stages = nn.Sequential(*(block_from_spec(s) for s in spec.stages()))
         self.head = Head(spec.stage_channels[-1], spec.num_classes, preact=spec.preact,
                          bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)

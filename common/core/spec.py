@@ -53,6 +53,13 @@ ConvBias = Union[bool, tuple[str, ...]]
 PADDINGS = ("symmetric", "same")
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's padding='same' along one axis of ``size``: ``(before, after)``. The output
+    is ``ceil(size / stride)``; the total is what that needs, the odd one out goes after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def bias_by_kind(conv_bias: ConvBias) -> dict[str, bool]:
     """Whether each kind of conv (:data:`CONV_KINDS`) has a bias. ``conv_bias`` is True (every
     conv: d2l, keras.applications), False (none: torchvision, Hugging Face) or the kinds that
