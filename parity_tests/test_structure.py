@@ -233,8 +233,8 @@ OWN_NAMES = {
     "resnet_tf": {"PaddedConv2D", "PaddedMaxPooling2D",  # PyTorch's padding, which Keras lacks
                   "ResnetBlock",                           # d2l's Keras stage class
                   "FusedBatchNormalization"},              # TF's fused kernel, which Keras 3 dropped
-    "resnet_torch": set(),
-    "resnet_mxnet": set(),
+    "resnet_torch": {"Conv2dSame", "MaxPool2dSame"},  # TensorFlow's 'same', which PyTorch lacks
+    "resnet_mxnet": {"Conv2DSame", "MaxPool2DSame"},  # ... and Gluon lacks
 }
 
 

@@ -125,6 +125,18 @@ class PaddedMaxPooling2D(layers.MaxPooling2D):
         return {**config, "padding_mode": self.padding_mode}
 
 
+def padded_conv(num_channels: int, kernel_size: int, strides: int = 1, *,
+                padding: str = "symmetric", **kwargs: Any) -> PaddedConv2D:
+    """A conv padded as ``padding`` says (:data:`common.core.spec.PADDINGS`): ``kernel_size
+    // 2`` on each side, or Keras's own 'same'."""
+    return PaddedConv2D(num_channels, kernel_size, strides=strides, padding_mode=padding, **kwargs)
+
+
+def max_pool(padding: str = "symmetric", **kwargs: Any) -> PaddedMaxPooling2D:
+    """d2l's 3x3/2 max pool: padding 1 of ``-inf`` on each side, or Keras's own 'same'."""
+    return PaddedMaxPooling2D(3, strides=2, padding_mode=padding, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras's ``BatchNormalization`` whose inference on a 4-D channels-last float32 (or

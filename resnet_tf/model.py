@@ -27,10 +27,11 @@ from common.core.spec import (
 
 from .blocks import (
     BLOCKS,
-    PaddedConv2D,
     PaddedMaxPooling2D,
     ResnetBlock,
     batch_norm,
+    max_pool,
+    padded_conv,
     resnet_block,
 )
 
@@ -51,12 +52,11 @@ class Stem(layers.Layer):
                           pool=pool, conv_bias=conv_bias, bn_eps=bn_eps, bn_momentum=bn_momentum,
                           padding=padding)
         dt = self.dtype_policy  # sublayers compute in the stem's dtype
-        self.conv = PaddedConv2D(num_channels, kernel_size, strides=strides, padding_mode=padding,
-                                 use_bias=bias["stem"], name="conv", dtype=dt)
+        self.conv = padded_conv(num_channels, kernel_size, strides, padding=padding,
+                                use_bias=bias["stem"], name="conv", dtype=dt)
         self.bn = batch_norm(bn_eps=bn_eps, bn_momentum=bn_momentum, name="bn", dtype=dt)
         self.pool: Optional[PaddedMaxPooling2D] = (
-            PaddedMaxPooling2D(3, strides=2, padding_mode=padding, name="pool", dtype=dt)
-            if pool else None)
+            max_pool(padding, name="pool", dtype=dt) if pool else None)
 
     def build(self, input_shape: tuple) -> None:
         self.conv.build(input_shape)
