@@ -23,9 +23,11 @@ from ..core.spec import (
     ARCHITECTURES,
     ResNetSpec,
     Unit,
+    num_inputs,
     param_shapes,
     resnet18_spec,
     spec_from_json,
+    unit_name,
 )
 from ..core.state import State
 from .command import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, CliError, Log, one_line, positive, progress_log
@@ -123,19 +125,25 @@ def infer_io(tensors: Mapping[str, np.ndarray], spec: ResNetSpec
 
 
 def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
-                 arch: Optional[str] = None) -> tuple[ResNetSpec, str]:
+                 arch: Optional[str] = None) -> tuple[Unit, str]:
     """The spec to read ``ckpt`` with, and a line saying where it came from.
 
     A file that stores its spec (canonical, ``.keras``) is read with it (a different ``--spec``
-    is an error); otherwise ``spec_file`` is used as given, or ``arch`` with ``in_channels`` and
+    is an error); a spec read off the file's layout (the d2l chapter's files) gives way to a
+    given one. Otherwise ``spec_file`` is used as given, or ``arch`` with ``in_channels`` and
     ``num_classes`` inferred from the tensor shapes (:func:`infer_io`); without either, the
     one named architecture whose keys and shapes the file holds (:func:`fitting_architectures`).
+    A whole network or, from a file that holds one alone, a Residual or resnet_block.
     """
     given = load_spec_file(spec_file) if spec_file is not None else None
     if arch is not None and arch not in ARCHES:
         raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHES)}")
-    stored = ckpt.format.spec(ckpt.path) if ckpt.format.carries_spec else None
-    if stored is not None:
+    overridden = ckpt.format.spec_inferred and (given is not None or arch is not None)
+    stored = (ckpt.format.spec(ckpt.path) if ckpt.format.carries_spec and not overridden
+              else None)
+    if stored is not None and ckpt.format.spec_inferred:
+        spec, source = stored, f"{ckpt.format.spec_origin} of {ckpt.files[0].name}"
+    elif stored is not None:
         if given is not None and given != stored:
             raise ValueError(f"{ckpt.path}: stores spec {stored.name!r}, which differs from "
                              f"{spec_file} in: {', '.join(_differences(stored, given))}")
@@ -162,9 +170,6 @@ def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
         else:
             raise ValueError(f"{ckpt.path}: no known architecture fits its keys and shapes "
                              f"({', '.join(ARCHES)}); pass --spec FILE with its spec")
-    if not isinstance(spec, ResNetSpec):
-        raise ValueError(f"{ckpt.path}: the spec is a {type(spec).__name__}; convert handles "
-                         "whole ResNets (ResNetSpec)")
     return spec, source
 
 
@@ -235,8 +240,7 @@ def verify(state: State, spec: ResNetSpec, src: Format, dst: Format, dst_path: P
     if not all(np.isfinite(v).all() for v in state.values()):
         return Verification(len(state), differing, None, runs,
                             "weights hold NaN or inf: activations not compared")
-    x = np.random.default_rng(seed).standard_normal(
-        (1, spec.in_channels, size, size)).astype(np.float32)
+    x = _probe(spec, size, seed)
     acts = []
     for framework, s in zip(runs, (state, back)):
         log(f"verifying: running {framework} on input {x.shape} ...")
@@ -251,6 +255,41 @@ def verify(state: State, spec: ResNetSpec, src: Format, dst: Format, dst_path: P
     return Verification(len(state), differing, section, runs)
 
 
+def _probe(spec: Unit, size: int, seed: int, batch: int = 1) -> np.ndarray:
+    """The fixed verification input: ``(batch, input channels, size, size)``, standard normal."""
+    return np.random.default_rng(seed).standard_normal(
+        (batch, num_inputs(spec), size, size)).astype(np.float32)
+
+
+@dataclass
+class FunctionChange:
+    """What writing for code with a fixed function (d2l's chapter code) would change: the
+    same state under SRC's spec and under the spec DST's code computes, layer by layer."""
+
+    target: Unit
+    section: Section
+    fields: list[str]                 # the spec fields that differ (padding, bn_eps, ...)
+
+    @property
+    def changes_output(self) -> bool:
+        """Whether the function differs (not only the training momentum)."""
+        return any(f != "bn_momentum" for f in self.fields)
+
+
+def function_change(state: State, spec: Unit, target: Unit, framework: str, *, size: int,
+                    seed: int, rtol: float, log: Log = _quiet) -> FunctionChange:
+    """Run ``state`` under ``spec`` and under ``target`` in ``framework`` on the verification
+    input (batch 2) and compare every layer: how far DST would be from SRC."""
+    fields = [f for f, v in target.to_dict().items() if spec.to_dict().get(f) != v]
+    x = _probe(spec, size, seed, batch=2)
+    log(f"measuring the function change ({', '.join(fields)}) in {framework} on {x.shape} ...")
+    rows = compare(activations(framework, target, state, x), activations(framework, spec, state, x),
+                   rtol)
+    section = Section(f"function change, eval mode, input {x.shape}", rtol,
+                      {("DST's code", "SRC's function"): rows})
+    return FunctionChange(target, section, fields)
+
+
 # -- convert -------------------------------------------------------------------------------------
 @dataclass
 class Conversion:
@@ -259,12 +298,14 @@ class Conversion:
     src: Checkpoint
     dst_format: Format
     dst: list[Path]                   # DST's files; written only if ``written``
-    spec: ResNetSpec
+    spec: Unit
     spec_source: str
     written: bool
     verification: Optional[Verification]
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    change: Optional[FunctionChange] = None  # DST's code computes another function
+    refused: bool = False             # ... and that was not allowed: nothing written
 
     @property
     def ok(self) -> bool:
@@ -274,15 +315,18 @@ class Conversion:
 def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
             dst_format: Optional[str] = None, spec_file: Optional[PathLike] = None,
             arch: Optional[str] = None, force: bool = False, verify_output: bool = True,
-            allow_nonfinite: bool = False, size: int = 64, seed: int = 0,
-            rtol: float = EVAL_RTOL_CPU, log: Log = _quiet) -> Conversion:
+            allow_nonfinite: bool = False, allow_function_change: bool = False,
+            size: int = 64, seed: int = 0, rtol: float = EVAL_RTOL_CPU,
+            log: Log = _quiet) -> Conversion:
     """Convert the checkpoint ``src`` into ``dst`` (formats from the names, or ``src_format`` /
-    ``dst_format``: canonical, torch, torchvision, tf, mxnet).
+    ``dst_format``: canonical, torch, torchvision, tf, mxnet, hf, d2l-torch ...).
 
     Raises ``ValueError`` naming the file for unreadable input, a spec mismatch (every offending
-    key with expected and actual shape), non-finite weights (unless ``allow_nonfinite``) and an
-    existing DST (unless ``force``); ``BackendUnavailable`` when a framework is missing. When the
-    verification fails, nothing is written and the result says why.
+    key with expected and actual shape), non-finite weights (unless ``allow_nonfinite``), a spec
+    DST's format cannot hold, and an existing DST (unless ``force``); ``BackendUnavailable``
+    when a framework is missing. When the verification fails, or DST's code would compute
+    another function (d2l's Keras chapter code from a PyTorch model, say) and
+    ``allow_function_change`` is not given, nothing is written and the result says why.
     """
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
@@ -301,14 +345,25 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
     seconds = {"read": time.perf_counter() - t0}
     result = Conversion(ckpt, out_fmt, out_fmt.files(dst, writing=True), spec, source, False,
                         None, seconds, notes)
+    target = out_fmt.target(spec)
+    if target != spec:
+        t = time.perf_counter()
+        result.change = change = function_change(
+            state, spec, target, ckpt.format.framework or reference_framework(), size=size,
+            seed=seed, rtol=rtol, log=log)
+        seconds["function change"] = time.perf_counter() - t
+        if change.changes_output and not allow_function_change:
+            result.refused = True
+            seconds["total"] = time.perf_counter() - t0
+            return result
     with Staging(out_fmt, dst, force) as staging:
         t = time.perf_counter()
         log(f"writing {dst} ({out_fmt.description}) ...")
-        out_fmt.write(staging.path, state, spec)
+        out_fmt.write(staging.path, state, target)
         seconds["write"] = time.perf_counter() - t
         if verify_output:
             t = time.perf_counter()
-            result.verification = verify(state, spec, ckpt.format, out_fmt, staging.path,
+            result.verification = verify(state, target, ckpt.format, out_fmt, staging.path,
                                          size=size, seed=seed, rtol=rtol, log=log)
             seconds["verify"] = time.perf_counter() - t
         if result.verification is None or result.verification.ok:
@@ -380,8 +435,11 @@ def recognise(ckpt: Checkpoint, spec: Optional[Unit]) -> str:
                                          num_classes=spec.num_classes,
                                          labels=spec.labels) == spec]
         origin = ckpt.format.spec_origin
-        return (f"{named[0]} ({origin})" if named
-                else f"{spec.name} ({origin}; not one of the named architectures)")
+        if named:
+            return f"{named[0]} ({origin})"
+        if isinstance(spec, ResNetSpec):
+            return f"{spec.name} ({origin}; not one of the named architectures)"
+        return f"a {unit_name(spec)} alone ({origin})"
     fitting = fitting_architectures(ckpt)
     if fitting:
         name, found, _ = fitting[0]
@@ -446,14 +504,28 @@ formats (inferred from the file name; --from/--to when the name does not say):
                                     pytorch_model.bin; stores the spec and labels); to read,
                                     also DIRECTORY/model.safetensors or a Hub id (owner/name,
                                     downloaded with huggingface_hub); --to hf writes a directory
+  d2l-torch    .pt, .pth            the d2l chapter's PyTorch code: torch.save(net.state_dict())
+                                    of its nn.Sequential (0.0.weight, 1.0.conv1.weight, 7.weight)
+  d2l-tf       .weights.h5          the d2l chapter's Keras code: net.save_weights (its
+                                    Sequential with Residual and ResnetBlock)
+  d2l-mxnet    .params              the d2l chapter's Gluon code: net.save_parameters (either
+                                    edition: mxnet.nd or mxnet.np/npx)
+               The chapter's files are recognised when reading, also a Residual or a
+               resnet_block saved alone; the spec is read off their names and shapes (a
+               Residual with a 1x1 conv is taken at stride 2). d2l's Keras code computes another
+               function than its PyTorch and Gluon code ('same' padding, BatchNorm eps 1e-3:
+               --arch d2l-keras-resnet18); writing for a chapter's code that would compute
+               another function than SRC is measured and refused without --allow-function-change.
 """
 
 SPEC_HELP = """\
-spec: .safetensors, .keras and Hugging Face directories store theirs. For the others give
---spec FILE (a JSON spec, e.g. ResNetSpec.to_json()) or --arch NAME: resnet18 (d2l's),
+spec: .safetensors, .keras and Hugging Face directories store theirs, and the d2l chapter's
+files show theirs. For the others give --spec FILE (a JSON spec, e.g. ResNetSpec.to_json())
+or --arch NAME: resnet18 (d2l's), d2l-keras-resnet18 (what d2l's Keras code computes),
 torchvision-resnet18, resnet34/50/101/152, resnext50_32x4d, resnext101_32x8d,
-resnext101_64x4d, wide_resnet50_2, wide_resnet101_2 (torchvision's layout) or resnet50_v1;
-with --arch, in_channels and num_classes are read off the tensor shapes where unambiguous.
+resnext101_64x4d, wide_resnet50_2, wide_resnet101_2 (torchvision's layout), resnet50_v1,
+resnet18_v2, resnet50_v2, keras-resnet50/101/152; with --arch, in_channels and num_classes are
+read off the tensor shapes where unambiguous.
 """
 
 
@@ -498,6 +570,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--allow-nonfinite", action="store_true",
                    help="convert weights holding NaN or inf (refused by default); the "
                         "activations are then not compared, the state still is")
+    c.add_argument("--allow-function-change", action="store_true",
+                   help="write DST even where its code computes another function than SRC's "
+                        "(d2l's Keras chapter code pads 'same' and uses BatchNorm eps 1e-3; its "
+                        "PyTorch and Gluon code pad symmetrically with eps 1e-5): the change is "
+                        "measured and printed either way, and refused without this flag")
     c.add_argument("--size", type=positive, default=64,
                    help="height and width of the verification input (64)")
     c.add_argument("--seed", type=int, default=0, help="seed of the verification input (0)")
@@ -528,8 +605,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.src, args.dst, src_format=args.src_format,
                          dst_format=args.dst_format, spec_file=args.spec, arch=args.arch,
                          force=args.force, verify_output=args.verify,
-                         allow_nonfinite=args.allow_nonfinite, size=args.size, seed=args.seed,
-                         rtol=args.rtol, log=log)
+                         allow_nonfinite=args.allow_nonfinite,
+                         allow_function_change=args.allow_function_change, size=args.size,
+                         seed=args.seed, rtol=args.rtol, log=log)
     except (ValueError, BackendUnavailable, OSError) as e:
         raise CliError(one_line(e)) from None
     print(format_conversion(result))
@@ -541,10 +619,29 @@ def format_conversion(r: Conversion) -> str:
     src = r.src
     lines = [f"SRC {src.path}: {src.format.name} ({src.format.description}), "
              f"{len(src.tensors)} tensors",
-             f"spec {r.spec.name} ({r.spec_source}): {r.spec.to_json()}",
+             f"spec {unit_name(r.spec)} ({r.spec_source}): {r.spec.to_json()}",
              f"DST {', '.join(str(p) for p in r.dst)}: {r.dst_format.name} "
              f"({r.dst_format.description})"]
     lines += [f"note: {n}" for n in r.notes]
+    c = r.change
+    if c is not None:
+        lines.append(f"function: DST's code computes spec {c.target.to_json()}, which differs "
+                     f"from SRC's in {', '.join(c.fields)}")
+        if c.changes_output:
+            lines.append(f"{c.section.title}; bound max|a-b|/max|b| <= {c.section.bound:g}")
+            lines.append(format_section(c.section))
+            out = next(iter(c.section.pairs.values()))[-1]
+            lines.append(f"function change at {out.layer}: max|a-b| {out.max_abs:.3g}, "
+                         f"max|a-b|/max|b| {out.max_rel:.3g}")
+        else:
+            lines.append("function: eval outputs unchanged; training would use DST's BatchNorm "
+                         f"momentum {c.target.bn_momentum:g} instead of {r.spec.bn_momentum:g}")
+    if r.refused:
+        times = ", ".join(f"{k} {t:.2f} s" for k, t in r.seconds.items())
+        lines.append(f"REFUSED: DST's code would compute another function than SRC's "
+                     f"({', '.join(c.fields)} differ); nothing written ({times}); "
+                     "--allow-function-change writes it anyway")
+        return "\n".join(lines)
     v = r.verification
     if v is not None:
         lines.append(f"state: {v.tensors} tensors read back from DST, " + (

@@ -1,15 +1,19 @@
-"""d2l's ResNet code as the chapter prints it (the pre-1.0 edition, section 7.6), for the traps.
+"""d2l's ResNet code as the chapter prints it (the pre-1.0 edition, section 7.6), for the traps
+and for writing the chapter's Keras checkpoints.
 
 Kept verbatim on purpose, including what the suite fixes: the Keras version pads stride-2
 convolutions and the max pool with ``padding='same'`` (asymmetric) and leaves BatchNorm at
-Keras's eps of 1e-3. ``adapter`` gives each net the suite's attribute paths so the backends can
-load canonical weights into it.
+Keras's eps of 1e-3. The adapters give each net the suite's attribute paths so the backends can
+load canonical weights into it; :func:`keras_chapter_model` assembles the chapter's Keras
+classes for any spec they can hold, as a learner would change the chapter's ``net()``.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
 
 
 def torch_net():
@@ -140,14 +144,48 @@ class Paths:
 
 
 def torch_adapter(net: Any) -> Paths:
-    """The suite's attribute paths (stem.conv, stages[i][j], head.fc) over d2l's torch net."""
+    """The suite's attribute paths (stem.conv, stages[i][j], head.fc) over d2l's torch net:
+    b1, the stages, then pool, flatten and the Linear."""
     return Paths(stem=Paths(conv=net[0][0], bn=net[0][1]),
-                 stages=[net[i] for i in range(1, 5)], head=Paths(fc=net[7]))
+                 stages=[net[i] for i in range(1, len(net) - 3)], head=Paths(fc=net[-1]))
 
 
 def keras_adapter(net: Any) -> Paths:
-    """The same over d2l's Keras Sequential (built first, so its weights exist)."""
+    """The same over d2l's Keras Sequential (built first, so its weights exist): conv, norm,
+    ReLU and pool, the ResnetBlocks, then pool and Dense."""
     layers = net.layers
     return Paths(stem=Paths(conv=layers[0], bn=layers[1]),
-                 stages=[layers[i].residual_layers for i in range(4, 8)],
-                 head=Paths(fc=layers[9]))
+                 stages=[layers[i].residual_layers for i in range(4, len(layers) - 2)],
+                 head=Paths(fc=layers[-1]))
+
+
+def keras_chapter_model(unit: Any) -> tuple[Any, Any]:
+    """``(model, paths)``: the chapter's Keras code built for ``unit`` (its ``net()`` with the
+    unit's stem, stages and classes; a ``Residual``; a Sequential around one ``ResnetBlock``),
+    called once so its weights exist, and the suite's attribute paths over it."""
+    import tensorflow as tf
+
+    from ..core.spec import ResidualSpec, ResnetBlockSpec, num_inputs
+    d2l = keras_d2l()
+    if isinstance(unit, ResidualSpec):
+        model = paths = d2l.Residual(unit.num_channels, use_1x1conv=unit.use_1x1conv,
+                                     strides=unit.strides)
+    elif isinstance(unit, ResnetBlockSpec):
+        model = tf.keras.Sequential([d2l.ResnetBlock(unit.num_channels, unit.num_residuals,
+                                                     first_block=unit.first_block)])
+        paths = model.layers[0].residual_layers
+    else:
+        first = not unit.downsample_in_first_stage
+        model = tf.keras.Sequential([
+            tf.keras.layers.Conv2D(unit.stem_channels, kernel_size=unit.stem_kernel,
+                                   strides=unit.stem_stride, padding='same'),
+            tf.keras.layers.BatchNormalization(),
+            tf.keras.layers.Activation('relu'),
+            tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding='same'),
+            *[d2l.ResnetBlock(c, n, first_block=first and i == 0)
+              for i, (c, n) in enumerate(zip(unit.stage_channels, unit.stage_blocks))],
+            tf.keras.layers.GlobalAvgPool2D(),
+            tf.keras.layers.Dense(units=unit.num_classes)])
+        paths = None
+    model(np.zeros((1, 8, 8, num_inputs(unit)), np.float32))
+    return model, keras_adapter(model) if paths is None else paths

@@ -27,7 +27,10 @@ Formats (``--from`` / ``--to`` name the family; :func:`detect` picks the format 
   or ``pytorch_model.bin``), the spec in its config; read also from a Hub id (``owner/name``);
 * ``keras-applications-weights`` / ``keras-applications`` (family ``keras-applications``):
   keras.applications' ResNet50/101/152 as ``.weights.h5`` and ``.keras``; the Keras formats
-  hand such a file over when they see its layout (:meth:`Format.refine`).
+  hand such a file over when they see its layout (:meth:`Format.refine`);
+* ``d2l-torch``, ``d2l-tf``, ``d2l-mxnet``: the d2l chapter's own code saved natively (its
+  ``nn.Sequential`` state_dict, Keras ``save_weights``, Gluon ``save_parameters``), also a
+  ``Residual`` or ``resnet_block`` alone; recognised by their names and shapes.
 
 Frameworks are imported inside the functions that need them, never at module import.
 """
@@ -53,6 +56,7 @@ from .base import (
     torch_keys,
     torchvision_module,
 )
+from .d2l import D2L_FORMATS, D2L_MXNET, D2L_TF, D2L_TORCH, D2lFormat, d2l_for
 from .huggingface import HuggingFace, hub_snapshot, is_hub_id, looks_hf_dir, looks_hf_weights
 from .keras_applications import (
     KERAS_APPLICATIONS,
@@ -79,7 +83,8 @@ from .native import (
 )
 
 __all__ = [
-    "CANONICAL", "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "HF", "KERAS",
+    "CANONICAL", "D2L_FORMATS", "D2L_MXNET", "D2L_TF", "D2L_TORCH", "D2lFormat",
+    "FAMILIES", "FAMILY_NAMES", "FORMATS", "GLUON_EXPORT", "GLUON_PARAMS", "HF", "KERAS",
     "KERAS_APPLICATIONS", "KERAS_APPLICATIONS_WEIGHTS", "KERAS_WEIGHTS", "RUNNING_STATS", "TORCH",
     "TORCHVISION", "TORCH_PARAM", "Canonical", "Format", "GluonExport", "GluonParams", "HuggingFace",
     "KerasApplicationsModel", "KerasApplicationsWeights", "KerasModel", "KerasWeights", "PathLike",
@@ -102,11 +107,15 @@ FAMILIES: dict[str, tuple[Format, ...]] = {
     "mxnet": (GLUON_PARAMS, GLUON_EXPORT),
     "hf": (HF,),
     "keras-applications": (KERAS_APPLICATIONS_WEIGHTS, KERAS_APPLICATIONS),
+    "d2l-torch": (D2L_TORCH,),
+    "d2l-tf": (D2L_TF,),
+    "d2l-mxnet": (D2L_MXNET,),
 }
 _FAMILY_ALIASES = {"pytorch": "torch", "keras": "tf", "tensorflow": "tf", "gluon": "mxnet",
                    "mx": "mxnet", "safetensors": "canonical",
                    "huggingface": "hf", "transformers": "hf",
-                   "keras-apps": "keras-applications"}
+                   "keras-apps": "keras-applications", "d2l-pytorch": "d2l-torch",
+                   "d2l-keras": "d2l-tf", "d2l-tensorflow": "d2l-tf", "d2l-gluon": "d2l-mxnet"}
 FAMILY_NAMES = tuple(FAMILIES)
 
 
@@ -122,7 +131,9 @@ def choices_text() -> str:
     return ("canonical (.safetensors), torch (.pt/.pth), torchvision (.pt/.pth with torchvision's "
             "key names), tf (.weights.h5, .keras), mxnet (.params, PREFIX-symbol.json), hf (a Hugging "
             "Face directory: config.json + model.safetensors; a Hub id owner/name to read), "
-            "keras-applications (.weights.h5, .keras of keras.applications' ResNet50/101/152)")
+            "keras-applications (.weights.h5, .keras of keras.applications' ResNet50/101/152), "
+            "d2l-torch (.pt/.pth), d2l-tf (.weights.h5), d2l-mxnet (.params): the d2l chapter's "
+            "own code saved natively")
 
 
 def _by_name(path: Path, writing: bool) -> Optional[Format]:
@@ -179,9 +190,13 @@ def locate(source: PathLike, family: Optional[str] = None) -> Path:
 
 
 def refine(fmt: Format, tensors: Mapping[str, np.ndarray]) -> Format:
-    """The precise format of a file detected as ``fmt`` once its tensors are known: torchvision
-    keys in a torch file (:meth:`Format.refine`), keras.applications' flat layout in a Keras
-    file (handed over here, so that no format module imports another)."""
+    """The precise format of a file detected as ``fmt`` once its tensors are known: the d2l
+    chapter's layout in a framework's file, torchvision keys in a torch file
+    (:meth:`Format.refine`), keras.applications' flat layout in a Keras file (handed over here,
+    so that the native formats need not know the others)."""
+    chapter = d2l_for(fmt, tensors)
+    if chapter is not None:
+        return chapter
     if fmt.family == "tf":
         return keras_applications_for(fmt.suffixes, tensors) or fmt
     return fmt.refine(tensors)

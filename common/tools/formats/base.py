@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ...core.spec import Layer, Unit
+from ...core.spec import Layer, Unit, unit_name
 from ...core.state import State, check_tensors, publish, validate_state
 from ..registry import BackendUnavailable, install_hint
 
@@ -114,7 +114,7 @@ def _fits(path: Path, raw: Mapping[str, np.ndarray], expected: Mapping[str, tupl
           spec: Unit, what: str, allow_nonfinite: bool, optional: Iterable[str] = ()) -> State:
     """:func:`check_tensors` with a message naming the file, its format and the spec."""
     return check_tensors(raw, expected, allow_nonfinite=allow_nonfinite, optional=set(optional),
-                         what=f"{path}: {what} does not fit spec {spec.name!r}")
+                         what=f"{path}: {what} does not fit spec {unit_name(spec)!r}")
 
 
 def _canonical(path: Path, state: Mapping[str, np.ndarray], spec: Unit,
@@ -136,6 +136,7 @@ class Format(ABC):
     description: str = ""
     carries_spec: bool = False
     spec_origin: str = "the stored spec"  # where spec() finds it, for inspect's wording
+    spec_inferred: bool = False  # spec() reads it off names and shapes: --spec/--arch override
     directory: bool = False   # a checkpoint is a directory of files (Hugging Face), not a file
 
     def __repr__(self) -> str:
@@ -174,6 +175,12 @@ class Format(ABC):
         """Whether ``tensors`` hold exactly ``spec``'s keys and shapes in this format; None where
         only a framework could tell (the check then happens when the file is read)."""
         return None
+
+    def target(self, spec: Unit) -> Unit:
+        """The spec whose function a file of this format computes when ``spec``'s state is
+        written into it: ``spec`` itself, except for code with a fixed function (d2l's chapter
+        code). ``ValueError`` where the format cannot hold ``spec`` at all."""
+        return spec
 
     def replaceable(self, path: Path) -> bool:
         """Whether ``--force`` may replace the existing directory ``path`` (directory formats:

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ...core.spec import Unit, param_shapes, spec_from_dict
+from ...core.spec import ResNetSpec, Unit, num_inputs, param_shapes, spec_from_dict, unit_name
 from ...core.state import State, check_tensors, read_state_file, save_state, validate_state
 from ...core.trace import resolve
 from ..registry import get_backend
@@ -187,7 +187,7 @@ class _Keras(Format):
         be = get_backend("tf")
         model = be.build(spec)
         try:
-            model.load_weights(str(path))
+            _saveable(model, spec).load_weights(str(path))
         except Exception as e:  # Keras and h5py raise many types on bad files
             raise _unreadable(path, self.description, e) from None
         return _canonical(path, be.export_state(model), spec, allow_nonfinite)
@@ -199,6 +199,15 @@ class _Keras(Format):
         return model
 
 
+def _saveable(model: Any, spec: Unit) -> Any:
+    """What ``save_weights`` and ``load_weights`` are called on: the model, or for a lone block
+    (a Keras layer, which has neither) a Sequential holding it (``layers/residual/...``)."""
+    if isinstance(spec, ResNetSpec):
+        return model
+    keras = _require("keras", "tf")
+    return keras.Sequential([keras.Input((None, None, num_inputs(spec))), model])
+
+
 class KerasWeights(_Keras):
     name, suffixes = "keras-weights", (".weights.h5",)
     description = "Keras weights file (save_weights)"
@@ -208,7 +217,7 @@ class KerasWeights(_Keras):
         return _h5_tensors(path, path, self.description)
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
-        self._model(state, spec).save_weights(str(path))
+        _saveable(self._model(state, spec), spec).save_weights(str(path))
 
     def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> bool:
         """Whether the file holds ``spec``'s tensors in Keras's layouts (kernels (kh, kw, in,
@@ -245,6 +254,9 @@ class KerasModel(_Keras):
         return _h5_tensors(io.BytesIO(keras_archive_member(path, self.WEIGHTS)), path, self.description)
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
+        if not isinstance(spec, ResNetSpec):
+            raise ValueError(f"{path.name}: a .keras file holds resnet_tf's whole ResNet, not a "
+                             f"{unit_name(spec)} alone; write a lone block as .weights.h5")
         self._model(state, spec).save(str(path))
 
     def graph_forward(self, path: Path, x: np.ndarray) -> np.ndarray:
@@ -267,7 +279,7 @@ def _keras_layout(spec: Unit) -> dict[str, tuple[int, ...]]:
     be = get_backend("tf")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "layout.weights.h5"
-        be.build(spec).save_weights(str(path))
+        _saveable(be.build(spec), spec).save_weights(str(path))
         return {k: v.shape for k, v in _h5_tensors(path, path, "Keras weights file").items()}
 
 
