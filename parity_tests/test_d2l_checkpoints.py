@@ -24,7 +24,7 @@ from common.core.state import save_state
 from common.tools.convert import convert, open_checkpoint, resolve_spec
 from common.tools.formats import D2L_MXNET, D2L_TF, D2L_TORCH, detect
 
-from .conftest import backend_or_skip
+from .conftest import backend_or_skip, randomize_batch_norms
 from .d2l_chapter import gluon_chapter, keras_chapter, numpy_mode, torch_chapter
 
 SIZES = (96, 97, 224)
@@ -54,6 +54,9 @@ class Chapter:
     def run(self, model: Any, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def prepare(self, model: Any, unit: str, in_channels: int) -> None:
+        """Whatever the framework needs before a model has weights (Gluon: initialize)."""
+
     def randomise(self, model: Any, seed: int) -> None:
         raise NotImplementedError
 
@@ -70,6 +73,7 @@ class Chapter:
                 train_size: int = 64) -> Any:
         """A chapter model with random BatchNorm statistics, one SGD step, saved at ``path``."""
         model = self.build(unit, in_channels, num_classes)
+        self.prepare(model, unit, in_channels)
         self.randomise(model, seed=1)
         x = _x((4, in_channels if unit == "net" else 3, train_size, train_size), seed=2)
         self.step(model, x, np.arange(4) % (num_classes if unit == "net" else 6 if
@@ -104,13 +108,7 @@ class TorchChapter(Chapter):
     def randomise(self, model: Any, seed: int) -> None:
         import torch
         torch.manual_seed(seed)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.2)
-                    m.running_mean.normal_(0, 0.2)
-                    m.running_var.uniform_(0.5, 2.0)
+        randomize_batch_norms(model)
 
     def step(self, model: Any, x: np.ndarray, y: np.ndarray) -> None:
         import torch
@@ -208,9 +206,11 @@ class GluonChapter(Chapter):
                     model.register_child(nn.Dense(num_classes), str(len(model) - 1))
             return model
 
-    def _init(self, model: Any, unit: str, in_channels: int) -> None:
-        model.initialize()
-        model(self._array(np.zeros((1, in_channels if unit == "net" else 3, 16, 16), np.float32)))
+    def prepare(self, model: Any, unit: str, in_channels: int) -> None:
+        with numpy_mode(self.edition):
+            model.initialize()
+            model(self._array(np.zeros((1, in_channels if unit == "net" else 3, 16, 16),
+                                       np.float32)))
 
     def run(self, model: Any, x: np.ndarray) -> np.ndarray:
         with numpy_mode(self.edition):
@@ -228,18 +228,6 @@ class GluonChapter(Chapter):
                     kind = "running_" + kind
                 if kind in draw:
                     p.set_data(self._array(draw[kind](p.shape).astype(np.float32)))
-
-    def trained(self, unit: str, path: Path, in_channels: int = 1, num_classes: int = 10,
-                train_size: int = 64) -> Any:
-        model = self.build(unit, in_channels, num_classes)
-        with numpy_mode(self.edition):
-            self._init(model, unit, in_channels)
-        self.randomise(model, seed=1)
-        x = _x((4, in_channels if unit == "net" else 3, train_size, train_size), seed=2)
-        self.step(model, x, np.arange(4) % (num_classes if unit == "net" else 6 if
-                                             unit == "residual" else 8))
-        self.save(model, path)
-        return model
 
     def step(self, model: Any, x: np.ndarray, y: np.ndarray) -> None:
         from resnet_mxnet._compat import autograd, gluon

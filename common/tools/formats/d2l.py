@@ -65,6 +65,9 @@ class D2lFormat(Format):
     spec_origin = "read off the chapter's layout"
     base: ResNetSpec = resnet18_spec()   # the function this framework's chapter code computes
 
+    def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
+        return self
+
     # -- names: each framework says three things ----------------------------------------------
     def module(self, attr: Address, stages: int) -> str:
         """The file's name for the layer at ``attr`` (``Layer.attr``) of a unit with ``stages``
@@ -259,36 +262,60 @@ def _chapter_order(unit: Unit) -> list[Any]:
             for layer in sorted(group, key=lambda la: rank.get(la.name.rpartition(".")[2], -1))]
 
 
-def _stage_path(attr: Address, offset: int) -> str:
-    """``stages.s.b.sub`` as the chapter's Sequential numbers it: stage ``s`` is its child
-    ``s + offset``."""
-    return ".".join(map(str, (attr[1] + offset, *attr[2:])))
+class _Sequential(D2lFormat):
+    """The chapter's PyTorch and Gluon nets: one ``nn.Sequential`` whose numbered children hold
+    the stem's layers (``STEM``), the stages from child ``FIRST_STAGE`` on, and the classifier
+    as child ``stages + AFTER_STAGES`` (the pooling and flattening children come between)."""
+
+    STEM: dict[str, str] = {}
+    FIRST_STAGE = AFTER_STAGES = 0
+    PARAMS = ""      # the file's parameter names, a regex alternation
+
+    def module(self, attr: Address, stages: int) -> str:
+        if attr[0] == "stem":
+            return self.STEM[attr[1]]
+        if attr[0] == "head":
+            return str(stages + self.AFTER_STAGES)
+        if attr[0] == "stages":
+            return ".".join(map(str, (attr[1] + self.FIRST_STAGE, *attr[2:])))
+        return ".".join(map(str, attr))
+
+    def canonical_param(self, kind: str, p: str) -> str:
+        """The canonical name of the file's parameter ``p`` of a layer of ``kind``."""
+        return p
+
+    def parse(self, key: str) -> Optional[tuple[Address, str]]:
+        module, _, p = key.rpartition(".")
+        if not re.fullmatch(self.PARAMS, p):
+            return None
+        m = re.fullmatch(rf"(?:(?:(?P<stage>\d+)\.)?(?P<block>\d+)\.)?(?P<sub>{_SUBS})", module)
+        if m:
+            p = self.canonical_param("bn" if m["sub"].startswith("bn") else "conv", p)
+            if m["block"] is None:
+                return (m["sub"],), p
+            stage = 0 if m["stage"] is None else int(m["stage"]) - self.FIRST_STAGE
+            return ("stages", stage, int(m["block"]), m["sub"]), p
+        for kind, path in self.STEM.items():
+            if module == path:
+                return ("stem", kind), self.canonical_param(kind, p)
+        if module.isdigit() and p in ("weight", "bias"):
+            return ("head", "fc"), p
+        return None
 
 
-class D2lTorch(D2lFormat, TorchStateDict):
+class D2lTorch(_Sequential, TorchStateDict):
     """``torch.save(net.state_dict())`` of the chapter's PyTorch ``nn.Sequential``."""
 
     name = family = "d2l-torch"
     description = "the d2l chapter's PyTorch state_dict (nn.Sequential: 0.0.weight, 1.0.conv1.weight ...)"
-    _BLOCK = re.compile(rf"^(?:(?:(?P<stage>\d+)\.)?(?P<block>\d+)\.)?(?P<sub>{_SUBS})\."
-                        r"(?P<p>weight|bias|running_mean|running_var)$")
-    _TOP = re.compile(r"^(?P<mod>\d+)(?:\.(?P<sub>\d+))?\.(?P<p>weight|bias|running_mean|running_var)$")
-    _BN = {"weight": "gamma", "bias": "beta"}
-
-    def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
-        return self
-
-    def module(self, attr: Address, stages: int) -> str:
-        if attr[0] == "stem":
-            return {"conv": "0.0", "bn": "0.1"}[attr[1]]
-        if attr[0] == "head":
-            return str(stages + 3)
-        if attr[0] == "stages":
-            return _stage_path(attr, 1)
-        return ".".join(map(str, attr))
+    STEM, FIRST_STAGE, AFTER_STAGES = {"conv": "0.0", "bn": "0.1"}, 1, 3   # b1 is a Sequential
+    PARAMS = "weight|bias|running_mean|running_var"
 
     def param(self, kind: str, p: str) -> str:
         return TORCH_PARAM.get(p, p) if kind == "bn" else p
+
+    def canonical_param(self, kind: str, p: str) -> str:
+        return {"weight": "gamma", "bias": "beta"}.get(p, p) if kind == "bn" else p
 
     def skip(self, key: str) -> bool:
         return key.endswith(".num_batches_tracked")
@@ -297,26 +324,6 @@ class D2lTorch(D2lFormat, TorchStateDict):
         stages = len(unit.stage_blocks) if isinstance(unit, ResNetSpec) else 0
         return {f"{self.module(layer.attr, stages)}.num_batches_tracked": ()
                 for layer in unit.layers() if layer.kind == "bn"}
-
-    def parse(self, key: str) -> Optional[tuple[Address, str]]:
-        m = self._BLOCK.match(key)
-        if m:
-            sub, p = m["sub"], m["p"]
-            p = self._BN.get(p, p) if sub.startswith("bn") else p
-            if m["block"] is None:
-                return (sub,), p
-            stage = 0 if m["stage"] is None else int(m["stage"]) - 1
-            return ("stages", stage, int(m["block"]), sub), p
-        m = self._TOP.match(key)
-        if m is None:
-            return None
-        if m["mod"] == "0" and m["sub"] == "0" and m["p"] in ("weight", "bias"):
-            return ("stem", "conv"), m["p"]
-        if m["mod"] == "0" and m["sub"] == "1":
-            return ("stem", "bn"), self._BN.get(m["p"], m["p"])
-        if m["sub"] is None and m["p"] in ("weight", "bias"):
-            return ("head", "fc"), m["p"]
-        return None
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
         """The chapter's keys in its order; ``num_batches_tracked`` is not canonical state, so
@@ -335,43 +342,13 @@ class D2lTorch(D2lFormat, TorchStateDict):
         torch.save(out, path)
 
 
-class D2lGluon(D2lFormat, GluonParams):
+class D2lGluon(_Sequential, GluonParams):
     """``net.save_parameters`` of the chapter's Gluon ``nn.Sequential``, either edition."""
 
     name = family = "d2l-mxnet"
     description = "the d2l chapter's Gluon parameters (nn.Sequential: 0.weight, 4.0.conv1.weight ...)"
-    _BLOCK = re.compile(rf"^(?:(?:(?P<stage>\d+)\.)?(?P<block>\d+)\.)?(?P<sub>{_SUBS})\."
-                        r"(?P<p>weight|bias|gamma|beta|running_mean|running_var)$")
-    _TOP = re.compile(r"^(?P<mod>\d+)\.(?P<p>weight|bias|gamma|beta|running_mean|running_var)$")
-
-    def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
-        return self
-
-    def module(self, attr: Address, stages: int) -> str:
-        if attr[0] == "stem":
-            return {"conv": "0", "bn": "1"}[attr[1]]
-        if attr[0] == "head":
-            return str(stages + 5)
-        if attr[0] == "stages":
-            return _stage_path(attr, 4)
-        return ".".join(map(str, attr))
-
-    def parse(self, key: str) -> Optional[tuple[Address, str]]:
-        m = self._BLOCK.match(key)
-        if m:
-            if m["block"] is None:
-                return (m["sub"],), m["p"]
-            stage = 0 if m["stage"] is None else int(m["stage"]) - 4
-            return ("stages", stage, int(m["block"]), m["sub"]), m["p"]
-        m = self._TOP.match(key)
-        if m is None:
-            return None
-        conv = m["p"] in ("weight", "bias")
-        if m["mod"] == "0" and conv:
-            return ("stem", "conv"), m["p"]
-        if m["mod"] == "1" and not conv:
-            return ("stem", "bn"), m["p"]
-        return (("head", "fc"), m["p"]) if conv and m["mod"] not in "01" else None
+    STEM, FIRST_STAGE, AFTER_STAGES = {"conv": "0", "bn": "1"}, 4, 5  # conv, bn, relu, pool
+    PARAMS = "weight|bias|gamma|beta|running_mean|running_var"
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
         """``mx.nd.save`` of the chapter's names in its order, NDArray format v2: what the
@@ -397,9 +374,6 @@ class D2lKeras(D2lFormat, KerasWeights):
     _TOP = re.compile(r"^layers/(?P<cls>conv2d|batch_normalization|dense)/vars/(?P<i>\d+)$")
     _TOP_ATTR = {"conv2d": (("stem", "conv"), "conv"), "batch_normalization": (("stem", "bn"), "bn"),
                  "dense": (("head", "fc"), "dense")}
-
-    def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
-        return self
 
     def module(self, attr: Address, stages: int) -> str:
         if attr[0] in ("stem", "head"):
