@@ -293,12 +293,30 @@ MUTANTS: list[Mutant] = [
     M("tf-trace-ignores-training", "resnet_tf/backend.py",
       "        return layer(x, training=self.training)", "        return layer(x)",
       "a training-mode trace normalises with batch statistics, like the training forward"),
+    M("gluon-same-shift-inverted", "resnet_mxnet/blocks.py",
+      "even = 1 - F.slice_axis(shape, axis=0, begin=axis, end=axis + 1) % 2",
+      "even = F.slice_axis(shape, axis=0, begin=axis, end=axis + 1) % 2",
+      "Gluon drops the leading padding row only where the size is even"),
+    M("d2l-gluon-head-index", "common/tools/formats/d2l.py",
+      '{"conv": "0", "bn": "1"}, 4, 5',
+      '{"conv": "0", "bn": "1"}, 4, 6',
+      "the chapter's Gluon Dense is child 9 of a four-stage net"),
     M("tf-grouped-conv-dropped", "resnet_tf/blocks.py",
-      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, use_bias=bias["3x3"],\n'
-      '                                  name="conv2", dtype=dt)\n        self.bn2',
-      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, use_bias=bias["3x3"],\n'
-      '                                  name="conv2", dtype=dt)\n        self.bn2',
+      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, groups=groups, padding_mode=padding,\n'
+      '                                  use_bias=bias["3x3"], name="conv2", dtype=dt)\n'
+      '        self.bn2',
+      'self.conv2 = PaddedConv2D(mid, 3, strides=s3, padding_mode=padding,\n'
+      '                                  use_bias=bias["3x3"], name="conv2", dtype=dt)\n'
+      '        self.bn2',
       "ResNeXt's 3x3 conv is grouped in Keras too"),
+    M("same-padding-extra-row-first", "common/core/spec.py",
+      "return total // 2, total - total // 2",
+      "return total - total // 2, total // 2",
+      "TensorFlow's 'same' puts the extra padding row at the bottom, in PyTorch too"),
+    M("d2l-keras-eps-pytorchs", "common/core/spec.py",
+      '"padding": "same", "bn_eps": 1e-3,',
+      '"padding": "same", "bn_eps": 1e-5,',
+      "d2l's Keras code keeps Keras's BatchNorm eps"),
     # -- resnet_mxnet --------------------------------------------------------------------------
     M("mxnet-bn-eps-ignored", "resnet_mxnet/blocks.py",
       "nn.BatchNorm(axis=1, epsilon=bn_eps, momentum=1.0 - bn_momentum,",
