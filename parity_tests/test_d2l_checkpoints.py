@@ -9,6 +9,8 @@ model's logits are compared with the chapter model's own, at 96, 97 and 224, bat
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,15 @@ from common.tools.formats import D2L_MXNET, D2L_TF, D2L_TORCH, detect
 
 from .conftest import backend_or_skip, randomize_batch_norms
 from .d2l_chapter import gluon_chapter, keras_chapter, numpy_mode, torch_chapter
+
+# These tests drive three frameworks' own training code and the suite's in one process, which
+# after the rest of the suite crashed it (a segmentation fault in a thread without Python frames,
+# on the fresh-clone CI run; the module alone always passed). So the module runs in a child
+# pytest process of its own (test_the_chapter_checkpoint_tests_in_a_child), where this variable
+# lets its tests in.
+IN_CHILD = bool(os.environ.get("RESNET_PARITY_D2L_CHILD"))
+child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in a child process, see "
+                                "test_the_chapter_checkpoint_tests_in_a_child")
 
 SIZES = (96, 97, 224)
 RTOL = 1e-5
@@ -346,6 +357,7 @@ EXPECTED = {"torch": resnet18_spec(), "tf": d2l_keras_resnet18_spec(),
 
 
 # -- in: recognised, converted, compared ------------------------------------------------------
+@child_only
 @pytest.mark.parametrize("name", SOURCES)
 def test_chapter_checkpoint_is_recognised_with_its_function(name, workdir):
     s = saved(name, workdir)
@@ -356,6 +368,7 @@ def test_chapter_checkpoint_is_recognised_with_its_function(name, workdir):
     assert "chapter's layout" in source
 
 
+@child_only
 @pytest.mark.parametrize("name,dst", [(n, d) for n in SOURCES for d in ("torch", "tf", "mxnet")
                                       if CHAPTERS[n].framework != d])
 def test_chapter_checkpoint_runs_in_the_other_frameworks(name, dst, workdir, capsys):
@@ -374,6 +387,7 @@ def test_chapter_checkpoint_runs_in_the_other_frameworks(name, dst, workdir, cap
         assert rel <= RTOL, (size, rel)
 
 
+@child_only
 @pytest.mark.parametrize("name", SOURCES)
 def test_round_trip_through_the_suite_is_bit_exact(name, workdir):
     """chapter file -> canonical -> chapter file: every weight and statistic identical, and the
@@ -394,6 +408,7 @@ def test_round_trip_through_the_suite_is_bit_exact(name, workdir):
     np.testing.assert_array_equal(s.chapter.run(model, x), s.outputs[96])
 
 
+@child_only
 @pytest.mark.parametrize("framework", ["torch", "tf", "mxnet-nd", "mxnet-np"])
 def test_suite_model_loads_into_the_chapter_code(framework, workdir):
     """A suite model of the chapter's function, written as the chapter's file, loaded by the
@@ -414,6 +429,7 @@ def test_suite_model_loads_into_the_chapter_code(framework, workdir):
         assert _rel(chapter.run(model, x), be.forward(suite, x)) <= RTOL
 
 
+@child_only
 @pytest.mark.parametrize("edition", ["nd", "np"])
 def test_pytorch_chapter_checkpoint_into_the_gluon_chapter_code(edition, workdir):
     """The chapter's PyTorch and Gluon code compute one function: a checkpoint moves between
@@ -430,6 +446,7 @@ def test_pytorch_chapter_checkpoint_into_the_gluon_chapter_code(edition, workdir
 
 
 # -- the function: d2l's Keras code is another one -----------------------------------------------
+@child_only
 def test_keras_chapter_into_the_pytorch_chapter_code_is_refused_and_measured(workdir):
     backend_or_skip("torch")
     s = saved("tf", workdir)
@@ -450,6 +467,7 @@ def test_keras_chapter_into_the_pytorch_chapter_code_is_refused_and_measured(wor
     assert _rel(CHAPTERS["torch"].run(chapter, x), torch_be.forward(model, x)) <= RTOL
 
 
+@child_only
 def test_keras_chapter_function_differs_from_the_pytorch_one_at_even_sizes(workdir):
     """The d2l Keras checkpoint, read as the suite's PyTorch-equivalent function, would quietly
     change the model: its logits move by far more than rounding."""
@@ -464,6 +482,7 @@ def test_keras_chapter_function_differs_from_the_pytorch_one_at_even_sizes(workd
     assert _rel(torch_be.forward(symmetric, x), s.outputs[96]) > 1e-3
 
 
+@child_only
 def test_cli_refuses_a_function_change_and_prints_the_figure(workdir):
     backend_or_skip("tf")
     s = saved("torch", workdir)
@@ -489,6 +508,7 @@ UNIT_SPECS = {
 }
 
 
+@child_only
 @pytest.mark.parametrize("name", ["torch", "tf", "mxnet-np"])
 @pytest.mark.parametrize("unit", ["residual", "block"])
 def test_a_residual_or_resnet_block_alone(name, unit, workdir):
@@ -511,6 +531,7 @@ def test_a_residual_or_resnet_block_alone(name, unit, workdir):
         assert _rel(got[size], s.outputs[size]) <= RTOL, size
 
 
+@child_only
 @pytest.mark.parametrize("name", ["torch", "tf", "mxnet-nd"])
 def test_any_classes_and_input_channels(name, workdir):
     chapter = CHAPTERS[name]
@@ -529,6 +550,7 @@ def test_any_classes_and_input_channels(name, workdir):
 
 
 # -- refusals that name the problem ---------------------------------------------------------
+@child_only
 def test_a_spec_the_chapter_code_cannot_hold_is_refused_by_name(workdir):
     backend_or_skip("torch")
     spec = dataclasses.replace(resnet18_spec(), conv_bias=False, shortcut_bn=True)
@@ -539,6 +561,7 @@ def test_a_spec_the_chapter_code_cannot_hold_is_refused_by_name(workdir):
     assert not (workdir / "no.pt").exists()
 
 
+@child_only
 def test_a_damaged_chapter_file_is_named(workdir):
     import torch
     s = saved("torch", workdir)
@@ -552,3 +575,14 @@ def test_a_damaged_chapter_file_is_named(workdir):
     cut.write_bytes(s.path.read_bytes()[:5000])
     with pytest.raises(ValueError, match=r"cut\.pt"):
         convert(cut, workdir / "y.weights.h5", force=True)
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_the_chapter_checkpoint_tests_in_a_child():
+    """Every test above, run by pytest in a child process; its figures are printed."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                          __file__], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, env={**os.environ, "RESNET_PARITY_D2L_CHILD": "1"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert re.search(r"\d+ passed", run.stdout) and " failed" not in run.stdout, run.stdout[-800:]
+    print("\n".join(line for line in run.stdout.splitlines() if line.startswith("  d2l ")))
