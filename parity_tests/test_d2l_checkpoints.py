@@ -29,11 +29,12 @@ from common.tools.formats import D2L_MXNET, D2L_TF, D2L_TORCH, detect
 from .conftest import backend_or_skip, randomize_batch_norms
 from .d2l_chapter import gluon_chapter, keras_chapter, numpy_mode, torch_chapter
 
-# These tests drive three frameworks' own training code and the suite's in one process, which
-# after the rest of the suite crashed it (a segmentation fault in a thread without Python frames,
-# on the fresh-clone CI run; the module alone always passed). So the module runs in a child
-# pytest process of its own (test_the_chapter_checkpoint_tests_in_a_child), where this variable
-# lets its tests in.
+# These tests drive three frameworks' own training code and the suite's in one process. They
+# crashed it natively (a segmentation fault, "malloc(): corrupted top size" in a later Keras
+# step) until the Keras formats stopped building a lone block's holder through a symbolic
+# keras.Input (formats/native.py: _saveable). The module still runs in a child pytest process
+# of its own (test_the_chapter_checkpoint_tests_in_a_child), where this variable lets its
+# tests in, so that a native crash fails one named test instead of the whole run.
 IN_CHILD = bool(os.environ.get("RESNET_PARITY_D2L_CHILD"))
 child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in a child process, see "
                                 "test_the_chapter_checkpoint_tests_in_a_child")

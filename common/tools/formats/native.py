@@ -205,7 +205,9 @@ def _saveable(model: Any, spec: Unit) -> Any:
     if isinstance(spec, ResNetSpec):
         return model
     keras = _require("keras", "tf")
-    return keras.Sequential([keras.Input((None, None, num_inputs(spec))), model])
+    holder = keras.Sequential([model])
+    holder(np.zeros((1, 8, 8, num_inputs(spec)), model.dtype))  # built eagerly, no symbolic pass
+    return holder
 
 
 class KerasWeights(_Keras):
