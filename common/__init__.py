@@ -10,6 +10,7 @@ from .core.compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, form
 from .core.spec import (
     ARCHITECTURES,
     BottleneckSpec,
+    ConvNeXtSpec,
     Layer,
     ResidualSpec,
     ResnetBlockSpec,
@@ -36,7 +37,7 @@ from .tools.registry import (
 
 __all__ = [
     "activation_names", "architecture", "ARCHITECTURES", "BACKEND_NAMES", "BackendUnavailable",
-    "BaseBackend", "BottleneckSpec", "canonical_name", "compare", "Convention", "diff",
+    "BaseBackend", "BottleneckSpec", "canonical_name", "ConvNeXtSpec", "compare", "Convention", "diff",
     "EVAL_RTOL_CPU", "EVAL_RTOL_GPU", "format_rows", "get_backend", "install_hint", "Layer",
     "load_state_file", "num_inputs", "num_outputs", "param_shapes", "random_state",
     "ResidualSpec", "resnet18_spec", "ResnetBlockSpec", "ResNetSpec", "Row", "save_state",

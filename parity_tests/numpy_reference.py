@@ -3,6 +3,7 @@ code: what a recorded activation must equal, and what a framework's own layer co
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import numpy as np
@@ -67,3 +68,30 @@ def max_pool(x: np.ndarray, k: int = 3, stride: int = 2, padding: Padding = 1) -
     oh, ow = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
     return np.max([xp[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
                    for i in range(k) for j in range(k)], axis=0)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+               axis: int = 1) -> np.ndarray:
+    """LayerNorm over one axis (NCHW channels by default): ``(x - mean) / sqrt(var + eps)``
+    with the biased variance, then ``* gamma + beta`` along that axis."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=axis, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axis, keepdims=True)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    c = lambda v: np.asarray(v, np.float64).reshape(shape)  # noqa: E731
+    return (x - mean) / np.sqrt(var + eps) * c(gamma) + c(beta)
+
+
+def gelu(x: np.ndarray, form: str = "exact") -> np.ndarray:
+    """GELU: ``x * Phi(x)`` with the error function, or its tanh approximation."""
+    x = np.asarray(x, np.float64)
+    if form == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / np.sqrt(2.0)))
+
+
+def dense_channels(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A Linear layer ``(out, in)`` applied to the channels of NCHW ``x`` at every pixel."""
+    out = np.einsum("nchw,oc->nohw", np.asarray(x, np.float64), np.asarray(w, np.float64))
+    return out + np.asarray(b, np.float64)[None, :, None, None]

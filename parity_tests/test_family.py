@@ -1,4 +1,4 @@
-"""The ResNet family: every standard member computes the same function in every framework,
+"""The ResNet family and ConvNeXt: every standard member computes the same function in every framework,
 layer by layer, and trains the same in float64 (bottleneck, ResNeXt, v1 and v1.5).
 
 Every member of ``common.ARCHITECTURES`` at full width, random weights and random BatchNorm

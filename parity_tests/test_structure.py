@@ -233,9 +233,13 @@ OWN_NAMES = {
     "resnet_tf": {"PaddedConv2D", "PaddedMaxPooling2D",  # PyTorch's padding, which Keras lacks
                   "ResnetBlock",                           # d2l's Keras stage class
                   "FusedBatchNormalization"},              # TF's fused kernel, which Keras 3 dropped
-    "resnet_torch": {"Conv2dSame", "MaxPool2dSame"},  # TensorFlow's 'same', which PyTorch lacks
+    "resnet_torch": {"Conv2dSame", "MaxPool2dSame",   # TensorFlow's 'same', which PyTorch lacks
+                     "LayerNorm2d"},                   # LayerNorm over NCHW channels (torchvision's)
     "resnet_mxnet": {"Conv2DSame", "MaxPool2DSame"},  # ... and Gluon lacks
 }
+# a GELU layer with its form named, exact in float64 (PyTorch's nn.GELU is one already)
+OWN_NAMES["resnet_tf"] |= {"GELU"}
+OWN_NAMES["resnet_mxnet"] |= {"GELU"}
 
 
 def _tree(package: str, module: str) -> ast.Module:
@@ -274,7 +278,7 @@ def test_twins_export_the_same_names():
             "residual_from_spec", "block_from_spec"} <= exported["resnet_torch"]
 
 
-@pytest.mark.parametrize("module", ["blocks", "model", "backend", "train", "bench"])
+@pytest.mark.parametrize("module", ["blocks", "model", "convnext", "backend", "train", "bench"])
 def test_twin_modules_define_the_same_names(module):
     """Public names, and the private ones every backend shares (``_PARAM_NAMES``, ``_Ops``,
     ``_device``): a helper that exists in one twin exists in all three."""
@@ -314,6 +318,24 @@ SIGNATURES = {
     ("model", "residual_from_spec"): {},
     ("model", "block_from_spec"): {},
     ("model", "bottleneck_from_spec"): {},
+    # ConvNeXt: the same differences, for the same reasons; Keras's layer_norm takes no channel
+    # count and no channels_first (Keras is NHWC: every LayerNorm is over the last axis)
+    ("convnext", "layer_norm"): {"resnet_torch": ["num_channels", "+channels_first"], "resnet_tf": [],
+                                 "resnet_mxnet": ["num_channels", "+channels_first"]},
+    ("convnext", "gelu_layer"): {},
+    ("convnext", "LayerScale"): {},
+    ("convnext", "DropPath"): {},
+    ("convnext", "ConvNeXtBlock"): {},
+    ("convnext", "Downsample"): {"resnet_torch": ["input_channels"], "resnet_mxnet": ["+in_channels"]},
+    ("convnext", "ConvNeXtStage"): {"resnet_torch": ["input_channels"],
+                                    "resnet_mxnet": ["+in_channels"]},
+    ("convnext", "PatchifyStem"): {"resnet_torch": ["input_channels"],
+                                   "resnet_mxnet": ["+in_channels"]},
+    ("convnext", "ConvNeXtHead"): {"resnet_torch": ["input_channels"],
+                                   "resnet_mxnet": ["+in_channels"]},
+    ("convnext", "ConvNeXt"): {},
+    ("convnext", "convnext_from_spec"): {},
+    ("convnext", "convnext_tiny"): {},
     ("train", "Trainer"): {},
     ("bench", "runners"): {},
 }
@@ -325,8 +347,9 @@ def test_twin_signatures_match_but_for_the_stated_differences(module, name):
     for package in FRAMEWORK_PACKAGES:
         positional, keyword = _params(_top_level(package, module)[name])
         extra = SIGNATURES[(module, name)].get(package, [])
-        if name == "batch_norm":  # the channel count is the whole difference
-            assert positional == extra, (package, positional)
+        if name in ("batch_norm", "layer_norm"):  # the channel count is the whole difference
+            lead = [e for e in extra if not e.startswith("+")]
+            assert positional == lead, (package, positional)
             positional = []
         else:
             lead = [e for e in extra if not e.startswith("+")]

@@ -19,10 +19,11 @@ import numpy as np
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ConvNeXtSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
 from ._compat import autograd, gluon, mx
+from .convnext import ConvNeXt
 from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
@@ -31,6 +32,9 @@ _PARAM_NAMES = {
     "conv": {"weight": "weight", "bias": "bias"},
     "dense": {"weight": "weight", "bias": "bias"},
     "bn": {p: p for p in ("gamma", "beta", "running_mean", "running_var")},
+    "dwconv": {"weight": "weight", "bias": "bias"},
+    "ln": {"gamma": "gamma", "beta": "beta"},
+    "scale": {"gamma": "gamma"},
 }
 
 
@@ -51,6 +55,8 @@ class Backend(BaseBackend):
     def _build(self, unit: Unit, dtype: str) -> gluon.HybridBlock:
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
+        elif isinstance(unit, ConvNeXtSpec):
+            model = ConvNeXt(unit)
         elif isinstance(unit, ResnetBlockSpec):
             model = block_from_spec(unit)
         elif isinstance(unit, BottleneckSpec):
@@ -149,6 +155,12 @@ class _Ops(ModelOps):
 
     def to_numpy(self, x: mx.nd.NDArray) -> np.ndarray:
         return x.asnumpy()
+
+    def channels_last(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
+        return mx.nd.transpose(x, axes=(0, 2, 3, 1))
+
+    def channels_first(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
+        return mx.nd.transpose(x, axes=(0, 3, 1, 2))
 
 
 _CROSS_ENTROPY = gluon.loss.SoftmaxCrossEntropyLoss()

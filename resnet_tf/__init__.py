@@ -1,5 +1,5 @@
 """d2l's ResNet in Keras 3: ``Residual``, ``Bottleneck``, their pre-activation twins,
-``resnet_block``, ``ResNet``, ``resnet18``.
+``resnet_block``, ``ResNet``, ``resnet18``; and ``ConvNeXt`` (``convnext``).
 
 PyTorch's function, not the d2l Keras code's: stride-2 convolutions and the stem max pool pad
 symmetrically (:class:`PaddedConv2D`, :class:`PaddedMaxPooling2D`), and BatchNorm takes the
@@ -19,6 +19,7 @@ from .blocks import (
     batch_norm,
     resnet_block,
 )
+from .convnext import ConvNeXt, ConvNeXtBlock, convnext_from_spec, convnext_tiny
 from .model import (
     Head,
     ResNet,
@@ -29,7 +30,8 @@ from .model import (
     resnet18,
 )
 
-__all__ = ["BLOCKS", "Bottleneck", "FusedBatchNormalization", "Head", "PaddedConv2D",
+__all__ = ["BLOCKS", "Bottleneck", "ConvNeXt", "ConvNeXtBlock", "convnext_from_spec", "convnext_tiny",
+           "FusedBatchNormalization", "Head", "PaddedConv2D",
            "PaddedMaxPooling2D", "PreActBottleneck", "PreActResidual", "ResNet", "Residual",
            "ResnetBlock", "Stem", "batch_norm", "block_from_spec", "bottleneck_from_spec",
            "residual_from_spec", "resnet18", "resnet_block"]

@@ -16,9 +16,11 @@ import numpy as np
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
-# kernel layout permutations per layer kind
-_KERAS_TO_CANONICAL = {"conv": (3, 2, 0, 1), "dense": (1, 0)}
-_CANONICAL_TO_KERAS = {"conv": (2, 3, 1, 0), "dense": (1, 0)}
+# kernel layout permutations per layer kind; a depthwise kernel is (C, 1, kh, kw) canonically
+# (PyTorch's grouped conv with groups=C) and (kh, kw, C, 1) in Keras's DepthwiseConv2D (its
+# last axis the depth multiplier), the one permutation both ways
+_KERAS_TO_CANONICAL = {"conv": (3, 2, 0, 1), "dwconv": (2, 3, 0, 1), "dense": (1, 0)}
+_CANONICAL_TO_KERAS = {"conv": (2, 3, 1, 0), "dwconv": (2, 3, 0, 1), "dense": (1, 0)}
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
@@ -33,10 +35,10 @@ def nchw(x: Any) -> np.ndarray:
 
 
 def kernel_to_canonical(kernel: np.ndarray, kind: str) -> np.ndarray:
-    """A Keras conv or dense kernel in the canonical layout."""
+    """A Keras conv, depthwise conv or dense kernel in the canonical layout."""
     return np.transpose(kernel, _KERAS_TO_CANONICAL[kind])
 
 
 def kernel_to_keras(weight: np.ndarray, kind: str) -> np.ndarray:
-    """A canonical conv or dense weight in Keras's kernel layout."""
+    """A canonical conv, depthwise conv or dense weight in Keras's kernel layout."""
     return np.ascontiguousarray(np.transpose(weight, _CANONICAL_TO_KERAS[kind]))

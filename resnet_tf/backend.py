@@ -16,10 +16,11 @@ import tensorflow as tf
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ConvNeXtSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
 from ._layout import kernel_to_canonical, kernel_to_keras, nchw, nhwc
+from .convnext import ConvNeXt
 from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
@@ -29,6 +30,9 @@ _PARAM_NAMES = {
     "dense": {"weight": "kernel", "bias": "bias"},
     "bn": {"gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
            "running_var": "moving_variance"},
+    "dwconv": {"weight": "kernel", "bias": "bias"},
+    "ln": {"gamma": "gamma", "beta": "beta"},
+    "scale": {"gamma": "gamma"},
 }
 
 
@@ -51,6 +55,8 @@ class Backend(BaseBackend):
     def _build(self, unit: Unit, dtype: str) -> keras.layers.Layer:
         if isinstance(unit, ResNetSpec):
             return ResNet(unit, dtype=dtype)
+        if isinstance(unit, ConvNeXtSpec):
+            return ConvNeXt(unit, dtype=dtype)
         if isinstance(unit, ResnetBlockSpec):
             return block_from_spec(unit, dtype=dtype)
         if isinstance(unit, BottleneckSpec):
@@ -145,6 +151,12 @@ class _Ops(ModelOps):
 
     def to_numpy(self, x: tf.Tensor) -> np.ndarray:
         return nchw(x)
+
+    def channels_last(self, x: tf.Tensor) -> tf.Tensor:
+        return x  # NHWC already
+
+    def channels_first(self, x: tf.Tensor) -> tf.Tensor:
+        return x  # stays NHWC inside Keras; to_numpy turns it NCHW
 
 
 def _device(device: str) -> str:

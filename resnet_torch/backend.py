@@ -17,9 +17,10 @@ from torch.nn import functional as F
 
 from common.core.backend import BaseBackend, Convention, SGDConfig
 from common.core.data import ImageData
-from common.core.spec import BottleneckSpec, ResnetBlockSpec, ResNetSpec, Unit
+from common.core.spec import BottleneckSpec, ConvNeXtSpec, ResnetBlockSpec, ResNetSpec, Unit
 from common.core.trace import ModelOps
 
+from .convnext import ConvNeXt
 from .model import ResNet, block_from_spec, bottleneck_from_spec, residual_from_spec
 from .train import Trainer
 
@@ -29,6 +30,9 @@ _PARAM_NAMES = {
     "dense": {"weight": "weight", "bias": "bias"},
     "bn": {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
            "running_var": "running_var"},
+    "dwconv": {"weight": "weight", "bias": "bias"},
+    "ln": {"gamma": "weight", "beta": "bias"},
+    "scale": {"gamma": "gamma"},
 }
 
 
@@ -45,6 +49,8 @@ class Backend(BaseBackend):
     def _build(self, unit: Unit, dtype: str) -> nn.Module:
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
+        elif isinstance(unit, ConvNeXtSpec):
+            model = ConvNeXt(unit)
         elif isinstance(unit, ResnetBlockSpec):
             model = block_from_spec(unit)
         elif isinstance(unit, BottleneckSpec):
@@ -135,6 +141,12 @@ class _Ops(ModelOps):
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().numpy()
+
+    def channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
 
 
 def _device(device: str) -> torch.device:

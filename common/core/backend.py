@@ -19,6 +19,7 @@ import numpy as np
 
 from .spec import (
     BottleneckSpec,
+    ConvNeXtSpec,
     ResidualSpec,
     ResnetBlockSpec,
     ResNetSpec,
@@ -33,7 +34,8 @@ from .trace import TraceOps, resolve, trace
 DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 # Trainable parameters per layer kind (BatchNorm running statistics are state, not parameters).
-TRAINABLE = {"conv": ("weight", "bias"), "dense": ("weight", "bias"), "bn": ("gamma", "beta")}
+TRAINABLE = {"conv": ("weight", "bias"), "dwconv": ("weight", "bias"), "dense": ("weight", "bias"),
+             "bn": ("gamma", "beta"), "ln": ("gamma", "beta"), "scale": ("gamma",)}
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ class BaseBackend(ABC):
         BatchNorm in training mode, then no longer hides what the frameworks compute.
         """
         unit = resnet18_spec() if unit is None else unit
-        if not isinstance(unit, (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec)):
+        if not isinstance(unit, (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec,
+                                 ConvNeXtSpec)):
             raise TypeError(f"build() takes a spec, got {type(unit).__name__}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")

@@ -95,9 +95,23 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+class _Serial:
+    """What every unit spec shares: JSON in the form :func:`spec_from_dict` reads back."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return {"unit": type(self).__name__, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
 @dataclass(frozen=True, kw_only=True)
-class _Options:
-    """Choices shared by every unit (d2l's values by default)."""
+class _Options(_Serial):
+    """Choices shared by every ResNet unit (d2l's values by default)."""
 
     conv_bias: ConvBias = True      # d2l keeps conv biases; torchvision drops them; or per kind
     shortcut_bn: bool = False       # d2l's 1x1 shortcut has no BatchNorm; torchvision's has
@@ -141,17 +155,6 @@ class _Options:
         if self.preact:
             del out["shortcut_bn"]
         return out
-
-    # -- serialisation shared by every unit ---------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return {"unit": type(self).__name__, **d}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -368,14 +371,7 @@ class ResNetSpec(_Options):
                         f"stage_channels[{i}]={c} gives no whole bottleneck width: it must be "
                         f"divisible by {EXPANSION}, and stage_channels[{i}] // {EXPANSION} * "
                         f"width_per_group ({self.width_per_group}) by 64")
-        if self.labels:
-            if len(self.labels) != self.num_classes:
-                raise ValueError(f"labels names {len(self.labels)} classes, num_classes is "
-                                 f"{self.num_classes}")
-            if not all(isinstance(label, str) and label for label in self.labels):
-                raise ValueError("labels must be non-empty strings")
-            if len(set(self.labels)) != len(self.labels):
-                raise ValueError(f"labels must be distinct, got {list(self.labels)}")
+        _check_labels(self.labels, self.num_classes)
 
     @property
     def stem_padding(self) -> int:
@@ -435,8 +431,156 @@ class ResNetSpec(_Options):
         return shapes
 
 
-Unit = Union[ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec]
-_UNITS = {cls.__name__: cls for cls in (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec)}
+# GELU's two forms: "exact" is x * Phi(x) with the error function (PyTorch's nn.GELU(), Gluon's
+# GELU, keras.activations.gelu's default, ConvNeXt's); "tanh" is the tanh approximation
+# (keras.ops.gelu's default, Hugging Face's "gelu_new"/"gelu_pytorch_tanh").
+GELUS = ("exact", "tanh")
+
+
+@dataclass(frozen=True)
+class ConvNeXtSpec(_Serial):
+    """ConvNeXt (Liu et al. 2022, "A ConvNet for the 2020s"), as torchvision and Hugging Face
+    build it.
+
+    ``stem``: a ``patch_size`` x ``patch_size`` conv at stride ``patch_size`` and a LayerNorm over
+    channels. Stage ``i`` (``depths[i]`` blocks of width ``widths[i]``) starts, except the first,
+    with a ``downsample``: LayerNorm, then a 2x2/2 conv. A block: depthwise ``kernel_size`` conv
+    (padding ``kernel_size // 2``), LayerNorm, Linear to ``mlp_ratio`` x width, GELU (``gelu``),
+    Linear back, layer scale (a per-channel ``gamma``, absent when ``layer_scale_init`` is 0),
+    stochastic depth, and the residual sum. ``head``: global average pool, LayerNorm, Linear.
+
+    Every LayerNorm normalises over channels alone. Those inside the network use ``ln_eps``
+    (1e-6 in torchvision and Hugging Face, hard-coded there); the head's uses ``head_ln_eps``
+    (torchvision: 1e-6; Hugging Face: its config's ``layer_norm_eps``, 1e-12 by default and in
+    seed 001's config). ``drop_path_rate`` is the last block's stochastic-depth rate; block
+    ``k`` of ``n`` gets ``drop_path_rate * k / (n - 1)``, as both build it. It is the identity in
+    eval mode.
+    """
+
+    name: str = "convnext_tiny"
+    in_channels: int = 3
+    num_classes: int = 1000
+    depths: tuple[int, ...] = (3, 3, 9, 3)
+    widths: tuple[int, ...] = (96, 192, 384, 768)
+    patch_size: int = 4
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    ln_eps: float = 1e-6
+    head_ln_eps: float = 1e-6
+    layer_scale_init: float = 1e-6
+    drop_path_rate: float = 0.0
+    gelu: str = "exact"
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        _positive(in_channels=self.in_channels, num_classes=self.num_classes,
+                  patch_size=self.patch_size, kernel_size=self.kernel_size,
+                  mlp_ratio=self.mlp_ratio)
+        if not self.depths or len(self.depths) != len(self.widths):
+            raise ValueError("depths and widths must be non-empty and of equal length, got "
+                             f"{self.depths} and {self.widths}")
+        _positive(**{f"depths[{i}]": d for i, d in enumerate(self.depths)},
+                  **{f"widths[{i}]": w for i, w in enumerate(self.widths)})
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (padding kernel_size // 2 keeps the size), "
+                             f"got {self.kernel_size}")
+        for f in ("ln_eps", "head_ln_eps"):
+            if not 0.0 < getattr(self, f) < 1.0:
+                raise ValueError(f"{f} must be in (0, 1), got {getattr(self, f)}")
+        if not self.layer_scale_init >= 0.0:
+            raise ValueError(f"layer_scale_init must be >= 0 (0: no layer scale), got "
+                             f"{self.layer_scale_init}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.gelu not in GELUS:
+            raise ValueError(f"gelu must be one of {GELUS}, got {self.gelu!r}")
+        _check_labels(self.labels, self.num_classes)
+
+    @property
+    def layer_scale(self) -> bool:
+        """Whether blocks scale their branch by a learned per-channel ``gamma``."""
+        return self.layer_scale_init > 0
+
+    def drop_path_rates(self) -> list[list[float]]:
+        """Each block's stochastic-depth rate, per stage: linear from 0 to ``drop_path_rate``."""
+        n = sum(self.depths)
+        rates = [self.drop_path_rate * k / (n - 1) if n > 1 else 0.0 for k in range(n)]
+        out, start = [], 0
+        for d in self.depths:
+            out.append(rates[start:start + d])
+            start += d
+        return out
+
+    def block_options(self) -> dict[str, Any]:
+        """What every block's constructor takes beside its width and rate."""
+        return {"kernel_size": self.kernel_size, "mlp_ratio": self.mlp_ratio,
+                "ln_eps": self.ln_eps, "layer_scale_init": self.layer_scale_init,
+                "gelu": self.gelu}
+
+    def layers(self, prefix: str = "", attr: tuple = ()) -> list[Layer]:
+        def ln(name: str, path: tuple, c: int) -> Layer:
+            return Layer(_join(prefix, name), attr + path, "ln", {"gamma": (c,), "beta": (c,)})
+
+        w0, p = self.widths[0], self.patch_size
+        out = [_conv(_join(prefix, "stem.conv"), attr + ("stem", "conv"), self.in_channels, w0, p,
+                     True),
+               ln("stem.norm", ("stem", "norm"), w0)]
+        cin = w0
+        for i, (c, d) in enumerate(zip(self.widths, self.depths)):
+            at = ("stages", i)
+            if i:
+                out += [ln(f"stages.{i}.downsample.norm", at + ("downsample", "norm"), cin),
+                        _conv(_join(prefix, f"stages.{i}.downsample.conv"),
+                              attr + at + ("downsample", "conv"), cin, c, 2, True)]
+            for j in range(d):
+                b, path = f"stages.{i}.blocks.{j}", at + ("blocks", j)
+                k, hidden = self.kernel_size, self.mlp_ratio * c
+                out += [Layer(_join(prefix, f"{b}.dwconv"), attr + path + ("dwconv",), "dwconv",
+                              {"weight": (c, 1, k, k), "bias": (c,)}),
+                        ln(f"{b}.norm", path + ("norm",), c),
+                        Layer(_join(prefix, f"{b}.pwconv1"), attr + path + ("pwconv1",), "dense",
+                              {"weight": (hidden, c), "bias": (hidden,)}),
+                        Layer(_join(prefix, f"{b}.pwconv2"), attr + path + ("pwconv2",), "dense",
+                              {"weight": (c, hidden), "bias": (c,)})]
+                if self.layer_scale:
+                    out.append(Layer(_join(prefix, f"{b}.layer_scale"),
+                                     attr + path + ("layer_scale",), "scale", {"gamma": (c,)}))
+            cin = c
+        out += [ln("head.norm", ("head", "norm"), cin),
+                Layer(_join(prefix, "head.fc"), attr + ("head", "fc"), "dense",
+                      {"weight": (self.num_classes, cin), "bias": (self.num_classes,)})]
+        return out
+
+    def top_level_names(self) -> list[str]:
+        """Activation names of the stem's output, each stage's output and the head's layers."""
+        return (["stem.norm"] + [f"stages.{i}.blocks.{d - 1}" for i, d in enumerate(self.depths)]
+                + ["head.pool", "head.flatten", "head.norm", "head.fc"])
+
+    def output_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The shape after each top-level layer, from the conv arithmetic alone."""
+        h, w = height // self.patch_size, width // self.patch_size
+        names = self.top_level_names()
+        shapes = {names[0]: (batch, self.widths[0], h, w)}
+        for i, c in enumerate(self.widths):
+            if i:
+                h, w = h // 2, w // 2
+            shapes[names[1 + i]] = (batch, c, h, w)
+        c = self.widths[-1]
+        shapes.update({"head.pool": (batch, c, 1, 1), "head.flatten": (batch, c),
+                       "head.norm": (batch, c), "head.fc": (batch, self.num_classes)})
+        return shapes
+
+    def min_size(self) -> int:
+        """The smallest input height and width every downsampling still has a pixel for."""
+        return self.patch_size * 2 ** (len(self.depths) - 1)
+
+
+Unit = Union[ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec, ConvNeXtSpec]
+_UNITS = {cls.__name__: cls for cls in (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec,
+                                        ConvNeXtSpec)}
 
 
 def spec_from_dict(d: dict[str, Any]) -> Unit:
@@ -577,11 +721,35 @@ def keras_resnet152_spec(**options: Any) -> ResNetSpec:
     return _keras_applications("keras-resnet152", resnet152_spec, **options)
 
 
+def _convnext(arch: str, depths: tuple[int, ...], widths: tuple[int, ...], drop_path_rate: float,
+              **options: Any) -> ConvNeXtSpec:
+    """A torchvision ConvNeXt: 3 input channels, 1000 classes, every LayerNorm's eps 1e-6,
+    layer scale 1e-6, and torchvision's stochastic-depth rate for the member."""
+    return ConvNeXtSpec(**{"name": arch, "depths": depths, "widths": widths,
+                           "drop_path_rate": drop_path_rate, **options})
+
+
+def convnext_tiny_spec(**options: Any) -> ConvNeXtSpec:
+    return _convnext("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1, **options)
+
+
+def convnext_small_spec(**options: Any) -> ConvNeXtSpec:
+    return _convnext("convnext_small", (3, 3, 27, 3), (96, 192, 384, 768), 0.4, **options)
+
+
+def convnext_base_spec(**options: Any) -> ConvNeXtSpec:
+    return _convnext("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.5, **options)
+
+
+def convnext_large_spec(**options: Any) -> ConvNeXtSpec:
+    return _convnext("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.5, **options)
+
+
 # The standard members by name (what --arch says). resnet18 is d2l's, the suite's default, and
 # d2l-keras-resnet18 the function d2l's Keras code computes; the others are torchvision's and
 # Hugging Face's layout (v1.5), except resnet50_v1 and the keras.applications members (v1) and
-# the pre-activation members (v2).
-ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
+# the pre-activation members (v2); the ConvNeXt members are torchvision's.
+ARCHITECTURES: dict[str, Callable[..., Union[ResNetSpec, ConvNeXtSpec]]] = {
     "resnet18": resnet18_spec,
     "d2l-keras-resnet18": d2l_keras_resnet18_spec,
     "torchvision-resnet18": torchvision_resnet18_spec,
@@ -600,10 +768,14 @@ ARCHITECTURES: dict[str, Callable[..., ResNetSpec]] = {
     "keras-resnet50": keras_resnet50_spec,
     "keras-resnet101": keras_resnet101_spec,
     "keras-resnet152": keras_resnet152_spec,
+    "convnext_tiny": convnext_tiny_spec,
+    "convnext_small": convnext_small_spec,
+    "convnext_base": convnext_base_spec,
+    "convnext_large": convnext_large_spec,
 }
 
 
-def architecture(name: str, **options: Any) -> ResNetSpec:
+def architecture(name: str, **options: Any) -> Union[ResNetSpec, ConvNeXtSpec]:
     """The standard member ``name`` (see :data:`ARCHITECTURES`), with ``options`` changed."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -615,20 +787,24 @@ def param_shapes(unit: Unit) -> dict[str, tuple[int, ...]]:
     return {f"{layer.name}.{p}": s for layer in unit.layers() for p, s in layer.shapes.items()}
 
 
+Network = Union[ResNetSpec, ConvNeXtSpec]
+NETWORKS = (ResNetSpec, ConvNeXtSpec)  # the units that are whole networks, with classes
+
+
 def num_inputs(unit: Unit) -> int:
     """Input channels of a unit: the network's ``in_channels``, a block's ``input_channels``."""
-    return unit.in_channels if isinstance(unit, ResNetSpec) else unit.input_channels
+    return unit.in_channels if isinstance(unit, NETWORKS) else unit.input_channels
 
 
 def unit_name(unit: Unit) -> str:
     """What messages call a unit: a network's ``name``, or d2l's name for a lone block."""
     names = {ResidualSpec: "Residual", ResnetBlockSpec: "resnet_block", BottleneckSpec: "Bottleneck"}
-    return unit.name if isinstance(unit, ResNetSpec) else names[type(unit)]
+    return unit.name if isinstance(unit, NETWORKS) else names[type(unit)]
 
 
 def num_outputs(unit: Unit) -> int:
     """Classes of the loss: the network's classes, or a lone block's output channels."""
-    return unit.num_classes if isinstance(unit, ResNetSpec) else unit.num_channels
+    return unit.num_classes if isinstance(unit, NETWORKS) else unit.num_channels
 
 
 def _check_block(block: str, groups: int, stride_at: str, width_per_group: int = 64) -> None:
@@ -640,6 +816,16 @@ def _check_block(block: str, groups: int, stride_at: str, width_per_group: int =
         raise ValueError("basic blocks take groups=1, width_per_group=64 and stride_at='3x3' (as "
                          f"torchvision's BasicBlock); got groups={groups}, width_per_group="
                          f"{width_per_group}, stride_at={stride_at!r}")
+
+
+def _check_labels(labels: tuple[str, ...], num_classes: int) -> None:
+    if labels:
+        if len(labels) != num_classes:
+            raise ValueError(f"labels names {len(labels)} classes, num_classes is {num_classes}")
+        if not all(isinstance(label, str) and label for label in labels):
+            raise ValueError("labels must be non-empty strings")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct, got {list(labels)}")
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:

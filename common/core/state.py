@@ -80,7 +80,11 @@ def random_state(unit: Unit, seed: int = 0) -> State:
     out: State = {}
     for layer in unit.layers():
         for p, shape in layer.shapes.items():
-            if layer.kind == "bn":
+            if layer.kind == "scale":  # layer scale: O(1), or the branch would vanish
+                v = rng.uniform(0.2, 0.6, shape)
+            elif layer.kind == "ln":
+                v = rng.uniform(0.5, 1.5, shape) if p == "gamma" else rng.normal(0.0, 0.2, shape)
+            elif layer.kind == "bn":
                 if p == "gamma":
                     v = rng.uniform(0.5, 1.5, shape)
                 elif p == "running_var":
@@ -98,7 +102,8 @@ def random_state(unit: Unit, seed: int = 0) -> State:
 
 def xavier_state(unit: Unit, seed: int = 0) -> State:
     """d2l's initialisation (``init_cnn``): Xavier-uniform conv and dense weights; zero biases,
-    BatchNorm gamma 1, beta 0 and fresh running statistics (0 and 1)."""
+    BatchNorm and LayerNorm gamma 1, beta 0, fresh running statistics (0 and 1); layer scale
+    at the spec's ``layer_scale_init``."""
     rng = np.random.default_rng(seed)
     fill = {"bias": 0.0, "gamma": 1.0, "beta": 0.0, "running_mean": 0.0, "running_var": 1.0}
     out: State = {}
@@ -108,6 +113,8 @@ def xavier_state(unit: Unit, seed: int = 0) -> State:
                 receptive = int(np.prod(shape[2:]))
                 bound = np.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
                 v = rng.uniform(-bound, bound, shape)
+            elif layer.kind == "scale":
+                v = np.full(shape, getattr(unit, "layer_scale_init"))
             else:
                 v = np.full(shape, fill[p])
             out[f"{layer.name}.{p}"] = v.astype(np.float32)

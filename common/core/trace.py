@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
-from .spec import BottleneckSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
+from .spec import BottleneckSpec, ConvNeXtSpec, ResidualSpec, ResnetBlockSpec, ResNetSpec, Unit
 
 
 class TraceOps(Protocol):
@@ -23,6 +23,10 @@ class TraceOps(Protocol):
     def relu(self, x: Any) -> Any: ...
     def add(self, a: Any, b: Any) -> Any: ...
     def to_numpy(self, x: Any) -> np.ndarray: ...
+    # ConvNeXt's blocks run their LayerNorm and Linears channels-last: how a framework whose
+    # tensors are NCHW moves into that layout and back (identities where NHWC is native)
+    def channels_last(self, x: Any) -> Any: ...
+    def channels_first(self, x: Any) -> Any: ...
 
 
 Record = Callable[[str, Any], None]
@@ -153,10 +157,53 @@ def _walk_resnet(s: ResNetSpec, ops: TraceOps, x: Any, rec: Record) -> Any:
     return x
 
 
+def _walk_convnext_block(s: ConvNeXtSpec, ops: TraceOps, x: Any, prefix: str, attr: tuple,
+                         rec: Record) -> Any:
+    """dwconv (NCHW), then channels-last: norm, pwconv1, act, pwconv2, layer_scale; back to
+    channels-first, drop_path, and the sum with the block's input. Activations inside the
+    channels-last part are recorded channels-first, as every other."""
+    def step(name: str, v: Any) -> Any:
+        v = ops.call(ops.layer(attr + (name,)), v)
+        rec(f"{prefix}.{name}", ops.channels_first(v))
+        return v
+
+    y = ops.call(ops.layer(attr + ("dwconv",)), x)
+    rec(f"{prefix}.dwconv", y)
+    y = ops.channels_last(y)
+    for name in ("norm", "pwconv1", "act", "pwconv2") + (("layer_scale",) if s.layer_scale else ()):
+        y = step(name, y)
+    y = ops.call(ops.layer(attr + ("drop_path",)), ops.channels_first(y))
+    y = ops.add(x, y)
+    rec(prefix, y)
+    return y
+
+
+def _walk_convnext(s: ConvNeXtSpec, ops: TraceOps, x: Any, rec: Record) -> Any:
+    def step(name: str, attr: tuple, v: Any) -> Any:
+        v = ops.call(ops.layer(attr), v)
+        rec(name, v)
+        return v
+
+    x = step("stem.conv", ("stem", "conv"), x)
+    x = step("stem.norm", ("stem", "norm"), x)
+    for i, depth in enumerate(s.depths):
+        if i:
+            for part in ("norm", "conv"):
+                x = step(f"stages.{i}.downsample.{part}", ("stages", i, "downsample", part), x)
+        for j in range(depth):
+            x = _walk_convnext_block(s, ops, x, f"stages.{i}.blocks.{j}", ("stages", i, "blocks", j),
+                                     rec)
+    for part in ("pool", "flatten", "norm", "fc"):
+        x = step(f"head.{part}", ("head", part), x)
+    return x
+
+
 def walk(unit: Unit, ops: TraceOps, x: Any, rec: Record) -> Any:
     """Run ``x`` through ``unit`` with ``ops``, calling ``rec(name, tensor)`` after each layer."""
     if isinstance(unit, ResNetSpec):
         return _walk_resnet(unit, ops, x, rec)
+    if isinstance(unit, ConvNeXtSpec):
+        return _walk_convnext(unit, ops, x, rec)
     if isinstance(unit, ResnetBlockSpec):
         return _walk_block(unit, ops, x, "", (), rec)
     if isinstance(unit, (ResidualSpec, BottleneckSpec)):
@@ -193,6 +240,12 @@ class _NameOnly:
         return None
 
     def to_numpy(self, x: Any) -> Optional[np.ndarray]:
+        return None
+
+    def channels_last(self, x: Any) -> None:
+        return None
+
+    def channels_first(self, x: Any) -> None:
         return None
 
 
