@@ -231,7 +231,7 @@ def test_options_map_onto_the_spec():
 @pytest.mark.parametrize("change, field", [
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"layer_type": "preactivation"}, "layer_type"),
-    ({"model_type": "convnext"}, "model_type"),
+    ({"model_type": "vit"}, "model_type"),
     ({"depths": [3, 4, 6]}, "depths"),
     ({"hidden_sizes": [256, 512, 1024, 2050]}, "stage_channels"),
     ({"downsample_in_first_stage": "yes"}, "downsample_in_first_stage"),

@@ -21,7 +21,9 @@ import numpy as np
 from ..core.compare import EVAL_RTOL_CPU, Row, Section, compare, format_section
 from ..core.spec import (
     ARCHITECTURES,
-    ResNetSpec,
+    NETWORKS,
+    ConvNeXtSpec,
+    Network,
     Unit,
     num_inputs,
     param_shapes,
@@ -44,7 +46,7 @@ from .formats import (
 )
 from .registry import BACKEND_NAMES, BackendUnavailable, get_backend
 
-ARCHES: dict[str, Callable[..., ResNetSpec]] = ARCHITECTURES  # what --arch names
+ARCHES: dict[str, Callable[..., Network]] = ARCHITECTURES  # what --arch names
 
 
 def _quiet(message: str) -> None:
@@ -90,16 +92,24 @@ def load_spec_file(path: PathLike) -> Unit:
         raise ValueError(f"{path}: not a valid spec: {e}") from None
 
 
-def infer_io(tensors: Mapping[str, np.ndarray], spec: ResNetSpec
+def infer_io(tensors: Mapping[str, np.ndarray], spec: Network
              ) -> tuple[dict[str, int], list[str]]:
     """``in_channels`` and ``num_classes`` read off the tensor shapes, where unambiguous.
 
-    The stem conv is the one 4-D tensor with the spec's stem kernel and stem channels (in either
-    ``(out, in, k, k)`` or Keras's ``(k, k, in, out)`` layout); the classifier is the one 2-D
-    tensor with the last stage's channels on one side. Returns the values found and one line
-    per field saying where each came from, or why it could not be inferred.
+    The stem conv is the one 4-D tensor with the spec's stem kernel (a ConvNeXt's patch size)
+    and stem channels (in either ``(out, in, k, k)`` or Keras's ``(k, k, in, out)`` layout); the
+    classifier is the one 2-D tensor with the last stage's channels on one side (a ConvNeXt's
+    MLP layers, whose other side is ``mlp_ratio`` times that, are not candidates). Returns the
+    values found and one line per field saying where each came from, or why it could not be
+    inferred.
     """
-    k, c0, c_last = spec.stem_kernel, spec.stem_channels, spec.stage_channels[-1]
+    if isinstance(spec, ConvNeXtSpec):
+        k, c0, c_last = spec.patch_size, spec.widths[0], spec.widths[-1]
+        mlps = {(spec.mlp_ratio * c, c) for c in spec.widths}
+        mlps |= {(b, a) for a, b in mlps}  # either layout
+    else:
+        k, c0, c_last = spec.stem_kernel, spec.stem_channels, spec.stage_channels[-1]
+        mlps = set()
     stems, fcs = [], []
     for name, a in tensors.items():
         s = tuple(a.shape)
@@ -107,6 +117,8 @@ def infer_io(tensors: Mapping[str, np.ndarray], spec: ResNetSpec
             stems.append((name, s, s[1]))
         elif len(s) == 4 and s[:2] == (k, k) and s[3] == c0:
             stems.append((name, s, s[2]))
+        elif len(s) == 2 and s in mlps:
+            continue
         elif len(s) == 2 and s[1] == c_last:
             fcs.append((name, s, s[0]))
         elif len(s) == 2 and s[0] == c_last:
@@ -173,7 +185,7 @@ def resolve_spec(ckpt: Checkpoint, spec_file: Optional[PathLike] = None,
     return spec, source
 
 
-def fitting_architectures(ckpt: Checkpoint) -> list[tuple[str, ResNetSpec, list[str]]]:
+def fitting_architectures(ckpt: Checkpoint) -> list[tuple[str, Network, list[str]]]:
     """Every named architecture whose keys and shapes ``ckpt`` holds exactly (in_channels and
     num_classes read off the shapes), as ``(name, spec, notes)``; empty where the format cannot
     tell without a framework (``Format.fits`` is None) or nothing fits."""
@@ -220,14 +232,14 @@ def reference_framework() -> str:
     raise BackendUnavailable("no framework is installed: pip install 'resnet-parity[all]'")
 
 
-def activations(framework: str, spec: ResNetSpec, state: State, x: np.ndarray) -> dict:
+def activations(framework: str, spec: Network, state: State, x: np.ndarray) -> dict:
     be = get_backend(framework)
     model = be.build(spec)
     be.load_state(model, state, allow_nonfinite=True)
     return be.activations(model, x)
 
 
-def verify(state: State, spec: ResNetSpec, src: Format, dst: Format, dst_path: Path, *,
+def verify(state: State, spec: Network, src: Format, dst: Format, dst_path: Path, *,
            size: int = 64, seed: int = 0, rtol: float = EVAL_RTOL_CPU,
            log: Log = _quiet) -> Verification:
     """Read ``dst_path`` back, compare its state with ``state`` bit for bit, and run SRC's and
@@ -430,14 +442,14 @@ def recognise(ckpt: Checkpoint, spec: Optional[Unit]) -> str:
     """Which named architecture ``ckpt`` holds, in words: the stored spec's, or the ones its
     keys and shapes fit (:func:`fitting_architectures`), or why there is none."""
     if spec is not None:
-        named = [n for n, make in ARCHES.items() if isinstance(spec, ResNetSpec)
+        named = [n for n, make in ARCHES.items() if isinstance(spec, NETWORKS)
                  and dataclasses.replace(make(), in_channels=spec.in_channels,
                                          num_classes=spec.num_classes,
                                          labels=spec.labels) == spec]
         origin = ckpt.format.spec_origin
         if named:
             return f"{named[0]} ({origin})"
-        if isinstance(spec, ResNetSpec):
+        if isinstance(spec, NETWORKS):
             return f"{spec.name} ({origin}; not one of the named architectures)"
         return f"a {unit_name(spec)} alone ({origin})"
     fitting = fitting_architectures(ckpt)
@@ -463,7 +475,9 @@ def format_inspection(ins: Inspection) -> str:
                         if not k.endswith(("running_mean", "running_var")))
         lines.append(f"parameters: {trainable:,} trainable + "
                      f"{sum(int(np.prod(s)) for s in shapes.values()) - trainable:,} "
-                     "BatchNorm running statistics (from the spec)")
+                     "BatchNorm running statistics (from the spec)" if trainable < sum(
+                         int(np.prod(s)) for s in shapes.values()) else
+                     f"parameters: {trainable:,} trainable (from the spec)")
     else:
         lines.append(f"spec: {ins.spec_note}")
     if ins.architecture:
@@ -500,6 +514,7 @@ formats (inferred from the file name; --from/--to when the name does not say):
   mxnet        .params              Gluon save_parameters
                PREFIX-symbol.json   Gluon HybridBlock.export: the graph + PREFIX-0000.params
   hf           DIRECTORY            Hugging Face transformers' ResNetForImageClassification
+                                    or ConvNextForImageClassification
                                     (save_pretrained: config.json + model.safetensors or
                                     pytorch_model.bin; stores the spec and labels); to read,
                                     also DIRECTORY/model.safetensors or a Hub id (owner/name,
@@ -524,8 +539,9 @@ files show theirs. For the others give --spec FILE (a JSON spec, e.g. ResNetSpec
 or --arch NAME: resnet18 (d2l's), d2l-keras-resnet18 (what d2l's Keras code computes),
 torchvision-resnet18, resnet34/50/101/152, resnext50_32x4d, resnext101_32x8d,
 resnext101_64x4d, wide_resnet50_2, wide_resnet101_2 (torchvision's layout), resnet50_v1,
-resnet18_v2, resnet50_v2, keras-resnet50/101/152; with --arch, in_channels and num_classes are
-read off the tensor shapes where unambiguous.
+resnet18_v2, resnet50_v2, keras-resnet50/101/152, convnext_tiny/small/base/large
+(torchvision's); with --arch, in_channels and num_classes are read off the tensor shapes where
+unambiguous.
 """
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ...core.spec import Layer, Unit, unit_name
+from ...core.spec import ConvNeXtSpec, Layer, Unit, unit_name
 from ...core.state import State, check_tensors, publish, validate_state
 from ..registry import BackendUnavailable, install_hint
 
@@ -52,6 +52,47 @@ def torchvision_module(layer: str) -> str:
     return f"layer{int(stage) + 1}.{block}.{_TV_SUB.get(sub, sub)}"
 
 
+# torchvision's ConvNeXt: ``features`` alternates stems/downsamplings (even indices, a Sequential
+# of norm and conv, the stem's conv first) and stages (odd indices, CNBlocks whose ``block`` is
+# Sequential(dwconv, Permute, norm, Linear, GELU, Linear, Permute) beside ``layer_scale``);
+# ``classifier`` is Sequential(LayerNorm2d, Flatten, Linear).
+_TV_CONVNEXT_LAYER = {"stem.conv": "features.0.0", "stem.norm": "features.0.1",
+                      "head.norm": "classifier.0", "head.fc": "classifier.2"}
+_TV_CONVNEXT_DOWN = re.compile(r"stages\.(\d+)\.downsample\.(norm|conv)$")
+_TV_CONVNEXT_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(dwconv|norm|pwconv1|pwconv2|layer_scale)$")
+_TV_CONVNEXT_SUB = {"dwconv": "block.0", "norm": "block.2", "pwconv1": "block.3",
+                    "pwconv2": "block.5", "layer_scale": "layer_scale"}
+
+
+def torchvision_convnext_module(layer: str) -> str:
+    """torchvision's module path for a canonical ConvNeXt layer name: ``stem.conv`` ->
+    ``features.0.0``, ``stages.1.downsample.conv`` -> ``features.2.1``,
+    ``stages.1.blocks.0.pwconv1`` -> ``features.3.0.block.3``, ``stages.1.blocks.0.layer_scale``
+    -> ``features.3.0.layer_scale`` (a parameter itself), ``head.fc`` -> ``classifier.2``."""
+    if layer in _TV_CONVNEXT_LAYER:
+        return _TV_CONVNEXT_LAYER[layer]
+    m = _TV_CONVNEXT_DOWN.match(layer)
+    if m:
+        return f"features.{2 * int(m.group(1))}.{0 if m.group(2) == 'norm' else 1}"
+    m = _TV_CONVNEXT_BLOCK.match(layer)
+    if m is None:
+        raise ValueError(f"{layer!r} has no torchvision ConvNeXt counterpart")
+    stage, block, sub = m.groups()
+    return f"features.{2 * int(stage) + 1}.{block}.{_TV_CONVNEXT_SUB[sub]}"
+
+
+def torch_param(layer: Layer, p: str) -> str:
+    """PyTorch's name of canonical parameter ``p``: LayerNorm's and BatchNorm's gamma and beta are
+    ``weight`` and ``bias``; the rest keep their names."""
+    return TORCH_PARAM.get(p, p) if layer.kind in ("bn", "ln") else p
+
+
+def torchvision_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A parameter's shape in torchvision: ConvNeXt's layer scale is ``(C, 1, 1)`` there (it
+    scales NCHW), ``(C,)`` canonically (and in Hugging Face)."""
+    return shape + (1, 1) if layer.kind == "scale" else shape
+
+
 def attr_path(layer: Layer) -> str:
     """A layer's attribute path (``stages.1.0.conv3``): its module name in resnet_torch's
     ``state_dict`` and in Gluon's ``save_parameters`` files."""
@@ -60,12 +101,13 @@ def attr_path(layer: Layer) -> str:
 
 def torch_keys(spec: Unit, torchvision: bool = False) -> dict[str, str]:
     """Canonical parameter name -> state_dict key, in the spec's (and torchvision's) order."""
+    tv_module = torchvision_convnext_module if isinstance(spec, ConvNeXtSpec) else torchvision_module
     out = {}
     for layer in spec.layers():
-        module = torchvision_module(layer.name) if torchvision else attr_path(layer)
+        module = tv_module(layer.name) if torchvision else attr_path(layer)
         for p in layer.shapes:
-            param = TORCH_PARAM.get(p, p) if layer.kind == "bn" else p
-            out[f"{layer.name}.{p}"] = f"{module}.{param}"
+            tv_scale = torchvision and layer.kind == "scale"  # the parameter is the module path
+            out[f"{layer.name}.{p}"] = module if tv_scale else f"{module}.{torch_param(layer, p)}"
     return out
 
 
@@ -76,10 +118,13 @@ def torch_bn_counters(spec: Unit, torchvision: bool = False) -> list[str]:
 
 
 def looks_torchvision(keys: Iterable[str]) -> bool:
-    """Whether state_dict keys use torchvision's names (``conv1.weight``, ``layer1.0...``)."""
+    """Whether state_dict keys use torchvision's names (``conv1.weight``, ``layer1.0...``; a
+    ConvNeXt's ``features.0.0.weight``, ``classifier.2.weight``)."""
     keys = list(keys)
-    return any(k.startswith(("conv1.", "bn1.", "layer1.", "fc.")) for k in keys) and not any(
-        k.startswith("stem.") for k in keys)
+    resnet = any(k.startswith(("conv1.", "bn1.", "layer1.", "fc.")) for k in keys)
+    convnext = any(k.startswith("features.0.0.") for k in keys) and any(
+        k.startswith("classifier.") for k in keys)
+    return (resnet or convnext) and not any(k.startswith("stem.") for k in keys)
 
 
 # -- errors and small helpers ------------------------------------------------------------------

@@ -12,6 +12,16 @@ a 3x3/2 max pool. Its options map onto :class:`ResNetSpec` fields: ``embedding_s
 ``...layers.{j}.shortcut.convolution``/``normalization``, and ``classifier.1.*`` (the classifier is
 ``Sequential(Flatten, Linear)``). The layouts are PyTorch's, so the canonical layouts: reading
 and writing rename keys and need no framework (``pytorch_model.bin`` needs PyTorch to unpickle).
+
+``ConvNextForImageClassification`` (``model_type`` convnext) maps onto :class:`ConvNeXtSpec`:
+``num_channels``, ``patch_size``, ``hidden_sizes`` (``widths``), ``depths``, ``hidden_act``
+(``gelu`` exact; ``gelu_new`` and ``gelu_pytorch_tanh`` the tanh form), ``layer_scale_init_value``,
+``drop_path_rate`` and ``layer_norm_eps``, which transformers applies to the head's LayerNorm
+alone (``convnext.layernorm``): the stem's, the downsampling layers' and the blocks' LayerNorms
+hard-code eps 1e-6, and the depthwise kernel (7) and MLP ratio (4) are fixed. Keys:
+``convnext.embeddings.patch_embeddings``/``layernorm``, ``convnext.encoder.stages.{i}.
+downsampling_layer.{0,1}``, ``...layers.{j}.dwconv``/``layernorm``/``pwconv1``/``pwconv2``/
+``layer_scale_parameter`` (shape ``(C,)``), ``convnext.layernorm`` and ``classifier``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ...core.spec import ARCHITECTURES, ResNetSpec, Unit, param_shapes
+from ...core.spec import ARCHITECTURES, NETWORKS, ConvNeXtSpec, Network, ResNetSpec, Unit, param_shapes
 from ...core.state import State, check_tensors, validate_state
 from ..registry import BackendUnavailable
-from .base import TORCH_PARAM, Format, PathLike, _canonical, _existing_file, _first_line, _fits, _require
+from .base import Format, PathLike, _canonical, _existing_file, _first_line, _fits, _require, torch_param
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -53,18 +63,32 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".keras", ".params", ".json")
 
 
+# transformers' ConvNextConfig defaults, and what every transformers ConvNeXt is beside them
+_CONVNEXT_DEFAULTS: dict[str, Any] = {
+    "num_channels": 3, "patch_size": 4, "hidden_sizes": [96, 192, 384, 768], "depths": [3, 3, 9, 3],
+    "hidden_act": "gelu", "layer_norm_eps": 1e-12, "layer_scale_init_value": 1e-6,
+    "drop_path_rate": 0.0,
+}
+_CONVNEXT_FIXED: dict[str, Any] = {"kernel_size": 7, "mlp_ratio": 4, "ln_eps": 1e-6}
+_CONVNEXT_GELU = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+MODEL_TYPES = ("resnet", "convnext")
+
+
 # -- config.json <-> spec --------------------------------------------------------------------------
-def config_to_spec(config: Mapping[str, Any]) -> ResNetSpec:
-    """The spec of a transformers ResNet ``config.json`` (a dict); the name of the matching
-    member of :data:`ARCHITECTURES` where there is one (``resnet50``), else ``hf-resnet``.
+def config_to_spec(config: Mapping[str, Any]) -> Network:
+    """The spec of a transformers ResNet or ConvNeXt ``config.json`` (a dict); the name of the
+    matching member of :data:`ARCHITECTURES` where there is one (``resnet50``), else
+    ``hf-resnet`` or ``hf-convnext``.
 
     Raises ``ValueError`` naming the field for a config the suite cannot represent.
     """
     if not isinstance(config, Mapping):
         raise ValueError(f"config is a {type(config).__name__}, not a JSON object")
+    if config.get("model_type") == "convnext":
+        return _convnext_config_to_spec(config)
     if config.get("model_type") != "resnet":
-        raise ValueError(f"model_type is {config.get('model_type')!r}, not 'resnet' "
-                         "(not a transformers ResNet config)")
+        raise ValueError(f"model_type is {config.get('model_type')!r}, not 'resnet' or "
+                         "'convnext' (not a transformers ResNet or ConvNeXt config)")
     c = {**_DEFAULTS, **{k: v for k, v in config.items() if k in _DEFAULTS}}
     if c["hidden_act"] != "relu":
         raise ValueError(f"hidden_act is {c['hidden_act']!r}; the suite's ResNets use 'relu'")
@@ -98,13 +122,58 @@ def config_to_spec(config: Mapping[str, Any]) -> ResNetSpec:
     return _named(spec)
 
 
-def spec_to_config(spec: ResNetSpec) -> dict[str, Any]:
-    """A complete ``config.json`` for ``spec`` that ``ResNetForImageClassification.from_pretrained``
-    loads; unnamed classes get transformers' placeholder names ``LABEL_i``.
+def _convnext_config_to_spec(config: Mapping[str, Any]) -> ConvNeXtSpec:
+    c = {**_CONVNEXT_DEFAULTS, **{k: v for k, v in config.items() if k in _CONVNEXT_DEFAULTS}}
+    if c["hidden_act"] not in _CONVNEXT_GELU:
+        raise ValueError(f"hidden_act is {c['hidden_act']!r}; the suite's ConvNeXt takes "
+                         f"{', '.join(map(repr, _CONVNEXT_GELU))}")
+    for name in ("num_channels", "patch_size"):
+        _check_int(name, c[name])
+    for name in ("depths", "hidden_sizes"):
+        if not isinstance(c[name], list) or not c[name]:
+            raise ValueError(f"{name} is {c[name]!r}, not a non-empty list")
+        for i, v in enumerate(c[name]):
+            _check_int(f"{name}[{i}]", v)
+    if "num_stages" in config and config["num_stages"] != len(c["depths"]):
+        raise ValueError(f"num_stages is {config['num_stages']!r} but depths has "
+                         f"{len(c['depths'])} stages")
+    for name in ("layer_norm_eps", "layer_scale_init_value", "drop_path_rate"):
+        if isinstance(c[name], bool) or not isinstance(c[name], (int, float)):
+            raise ValueError(f"{name} is {c[name]!r}, not a number")
+    labels = _labels(config)
+    try:
+        spec = ConvNeXtSpec(
+            name="hf-convnext", in_channels=c["num_channels"], num_classes=len(labels),
+            depths=tuple(c["depths"]), widths=tuple(c["hidden_sizes"]),
+            patch_size=c["patch_size"], head_ln_eps=float(c["layer_norm_eps"]),
+            layer_scale_init=float(c["layer_scale_init_value"]),
+            drop_path_rate=float(c["drop_path_rate"]), gelu=_CONVNEXT_GELU[c["hidden_act"]],
+            labels=() if _placeholders(labels) else tuple(labels), **_CONVNEXT_FIXED)
+    except ValueError as e:
+        raise ValueError(f"not a ConvNeXt the suite can build: {e}") from None
+    return _named(spec)
+
+
+def spec_to_config(spec: Network) -> dict[str, Any]:
+    """A complete ``config.json`` for ``spec`` that ``ResNetForImageClassification`` (or
+    ``ConvNextForImageClassification``) ``.from_pretrained`` loads; unnamed classes get
+    transformers' placeholder names ``LABEL_i``.
 
     Raises ``ValueError`` naming every field (and its value) transformers cannot represent.
     """
     labels = list(spec.labels) or [f"LABEL_{i}" for i in range(spec.num_classes)]
+    names = {"num_labels": spec.num_classes, "id2label": {str(i): n for i, n in enumerate(labels)},
+             "label2id": {n: i for i, n in enumerate(labels)}, "dtype": "float32"}
+    if isinstance(spec, ConvNeXtSpec):
+        config = {
+            "architectures": ["ConvNextForImageClassification"], "model_type": "convnext",
+            "num_channels": spec.in_channels, "patch_size": spec.patch_size,
+            "num_stages": len(spec.depths), "hidden_sizes": list(spec.widths),
+            "depths": list(spec.depths),
+            "hidden_act": "gelu" if spec.gelu == "exact" else "gelu_pytorch_tanh",
+            "layer_norm_eps": spec.head_ln_eps, "layer_scale_init_value": spec.layer_scale_init,
+            "drop_path_rate": spec.drop_path_rate, "image_size": 224, **names}
+        return _representable(spec, config, "ConvNeXt")
     config = {
         "architectures": ["ResNetForImageClassification"], "model_type": "resnet",
         "num_channels": spec.in_channels, "embedding_size": spec.stem_channels,
@@ -112,15 +181,18 @@ def spec_to_config(spec: ResNetSpec) -> dict[str, Any]:
         "layer_type": spec.block, "hidden_act": "relu",
         "downsample_in_first_stage": spec.downsample_in_first_stage,
         "downsample_in_bottleneck": spec.block == "bottleneck" and spec.stride_at == "1x1",
-        "num_labels": spec.num_classes, "id2label": {str(i): n for i, n in enumerate(labels)},
-        "label2id": {n: i for i, n in enumerate(labels)}, "dtype": "float32",
+        **names,
     }
-    # what transformers would build from this config, field by field against the spec
+    return _representable(spec, config, "ResNet")
+
+
+def _representable(spec: Network, config: dict[str, Any], what: str) -> dict[str, Any]:
+    """``config``, once what transformers would build from it equals ``spec`` field by field."""
     have, want = spec.to_dict(), config_to_spec(config).to_dict()
     wrong = [f"{k}={have[k]!r} (transformers has {want.get(k)!r})" for k in have
              if k != "name" and have[k] != want.get(k)]
     if wrong:
-        raise ValueError(f"spec {spec.name!r} cannot be written as a Hugging Face ResNet: "
+        raise ValueError(f"spec {spec.name!r} cannot be written as a Hugging Face {what}: "
                          + ", ".join(wrong))
     return config
 
@@ -164,7 +236,7 @@ def _placeholders(labels: list[str]) -> bool:
     return all(_PLACEHOLDER.fullmatch(str(n)) and int(n[6:]) == i for i, n in enumerate(labels))
 
 
-def _named(spec: ResNetSpec) -> ResNetSpec:
+def _named(spec: Network) -> Network:
     """``spec`` under the name of the member of :data:`ARCHITECTURES` it is, if any."""
     io = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "labels": spec.labels}
     for name, make in ARCHITECTURES.items():
@@ -193,10 +265,39 @@ def hf_module(layer: str) -> str:
     return f"{prefix}.layer.{int(k) - 1}.{'normalization' if kind == 'bn' else 'convolution'}"
 
 
+_CONVNEXT_TOP = {"stem.conv": "convnext.embeddings.patch_embeddings",
+                 "stem.norm": "convnext.embeddings.layernorm", "head.norm": "convnext.layernorm",
+                 "head.fc": "classifier"}
+_CONVNEXT_LAYER = re.compile(r"stages\.(\d+)\.(?:downsample\.(norm|conv)|blocks\.(\d+)\.(\w+))$")
+_CONVNEXT_SUB = {"dwconv": "dwconv", "norm": "layernorm", "pwconv1": "pwconv1",
+                 "pwconv2": "pwconv2", "layer_scale": "layer_scale_parameter"}
+
+
+def hf_convnext_module(layer: str) -> str:
+    """transformers' module path for a canonical ConvNeXt layer name: ``stem.norm`` ->
+    ``convnext.embeddings.layernorm``, ``stages.1.downsample.conv`` ->
+    ``convnext.encoder.stages.1.downsampling_layer.1``, ``stages.1.blocks.0.norm`` ->
+    ``convnext.encoder.stages.1.layers.0.layernorm``, ``stages.1.blocks.0.layer_scale`` ->
+    ``...layers.0.layer_scale_parameter`` (a parameter itself), ``head.fc`` -> ``classifier``."""
+    if layer in _CONVNEXT_TOP:
+        return _CONVNEXT_TOP[layer]
+    m = _CONVNEXT_LAYER.match(layer)
+    if m is None or (m.group(4) and m.group(4) not in _CONVNEXT_SUB):
+        raise ValueError(f"{layer!r} has no Hugging Face ConvNeXt counterpart")
+    stage, down, block, sub = m.groups()
+    prefix = f"convnext.encoder.stages.{stage}"
+    if down:
+        return f"{prefix}.downsampling_layer.{0 if down == 'norm' else 1}"
+    return f"{prefix}.layers.{block}.{_CONVNEXT_SUB[sub]}"
+
+
 def hf_keys(spec: Unit) -> dict[str, str]:
     """Canonical parameter name -> transformers' state_dict key, in the spec's order."""
-    return {f"{layer.name}.{p}": f"{hf_module(layer.name)}."
-            f"{TORCH_PARAM.get(p, p) if layer.kind == 'bn' else p}"
+    if isinstance(spec, ConvNeXtSpec):
+        return {f"{layer.name}.{p}": hf_convnext_module(layer.name) if layer.kind == "scale"
+                else f"{hf_convnext_module(layer.name)}.{torch_param(layer, p)}"
+                for layer in spec.layers() for p in layer.shapes}
+    return {f"{layer.name}.{p}": f"{hf_module(layer.name)}.{torch_param(layer, p)}"
             for layer in spec.layers() for p in layer.shapes}
 
 
@@ -245,7 +346,7 @@ class HuggingFace(Format):
     """
 
     name, family, carries_spec, directory = "hf", "hf", True, True
-    description = "Hugging Face ResNet directory (config.json + model.safetensors)"
+    description = "Hugging Face ResNet or ConvNeXt directory (config.json + model.safetensors)"
 
     def __init__(self, state_dict_reader: Format) -> None:
         self.state_dict_reader = state_dict_reader
@@ -291,7 +392,7 @@ class HuggingFace(Format):
             raise ValueError(f"{file}: holds a {type(config).__name__}, not a JSON object")
         return config
 
-    def spec(self, path: Path) -> ResNetSpec:
+    def spec(self, path: Path) -> Network:
         config = self.config(path)
         try:
             return config_to_spec(config)
@@ -322,10 +423,11 @@ class HuggingFace(Format):
         raw = self.tensors(path) if tensors is None else tensors
         weights = self.weights(path)
         if raw and not any(k.startswith("classifier.") for k in raw) and all(
-                k.startswith(("embedder.", "encoder.")) for k in raw):
-            raise ValueError(f"{weights}: a backbone-only checkpoint (ResNetModel or ResNetBackbone: "
-                             "embedder.*, encoder.*, no classifier); the suite converts "
-                             "ResNetForImageClassification checkpoints")
+                k.startswith(("embedder.", "embeddings.", "encoder.", "layernorm.")) for k in raw):
+            raise ValueError(f"{weights}: a backbone-only checkpoint (ResNetModel, ConvNextModel or "
+                             "a backbone: embedder.* or embeddings.*, encoder.*, no classifier); "
+                             "the suite converts ResNetForImageClassification and "
+                             "ConvNextForImageClassification checkpoints")
         checked = _fits(weights, raw, self._expected(spec), spec, self.description,
                         allow_nonfinite, hf_bn_counters(spec))
         return _canonical(weights, {c: checked[k] for c, k in hf_keys(spec).items()}, spec,
@@ -336,8 +438,8 @@ class HuggingFace(Format):
         ``save_pretrained`` writes it; ``num_batches_tracked`` 0) into the directory ``path``."""
         from safetensors.numpy import save_file
 
-        if not isinstance(spec, ResNetSpec):
-            raise ValueError(f"{path}: a Hugging Face ResNet is a whole network, not a "
+        if not isinstance(spec, NETWORKS):
+            raise ValueError(f"{path}: a Hugging Face checkpoint is a whole network, not a "
                              f"{type(spec).__name__}")
         config = spec_to_config(spec)
         checked = validate_state(state, spec, allow_nonfinite=True)
@@ -366,11 +468,12 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def looks_hf_weights(path: Path) -> bool:
-    """Whether ``path`` is a weights file of a transformers ResNet directory: ``config.json``
-    with model_type resnet beside it, and (safetensors) no resnet-parity spec inside."""
+    """Whether ``path`` is a weights file of a transformers ResNet or ConvNeXt directory:
+    ``config.json`` with model_type resnet or convnext beside it, and (safetensors) no
+    resnet-parity spec inside."""
     config = path.parent / CONFIG
     try:
-        if json.loads(config.read_text()).get("model_type") != "resnet":
+        if json.loads(config.read_text()).get("model_type") not in MODEL_TYPES:
             return False
     except (OSError, ValueError, AttributeError):
         return False

@@ -5,6 +5,7 @@ torchvision state_dicts, Keras ``.weights.h5`` and ``.keras``, Gluon ``.params``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import io
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ...core.spec import ResNetSpec, Unit, num_inputs, param_shapes, spec_from_dict, unit_name
+from ...core.spec import NETWORKS, ConvNeXtSpec, Unit, num_inputs, param_shapes, spec_from_dict, unit_name
 from ...core.state import State, check_tensors, read_state_file, save_state, validate_state
 from ...core.trace import resolve
 from ..registry import get_backend
@@ -38,6 +39,7 @@ from .base import (
     torch_bn_counters,
     torch_keys,
     torchvision_module,
+    torchvision_shape,
 )
 
 
@@ -103,9 +105,11 @@ class TorchStateDict(Format):
 
     def _expected(self, spec: Unit) -> tuple[dict[str, str], dict[str, tuple], list[str]]:
         """(canonical name -> key, key -> shape, the num_batches_tracked keys) for ``spec``."""
-        keys, shapes = torch_keys(spec, self.torchvision), param_shapes(spec)
+        keys = torch_keys(spec, self.torchvision)
         counters = torch_bn_counters(spec, self.torchvision)
-        return keys, {keys[c]: shapes[c] for c in keys} | {k: () for k in counters}, counters
+        shapes = {keys[f"{layer.name}.{p}"]: torchvision_shape(layer, shape) if self.torchvision
+                  else shape for layer in spec.layers() for p, shape in layer.shapes.items()}
+        return keys, shapes | {k: () for k in counters}, counters
 
     def fits(self, tensors: Mapping[str, np.ndarray], spec: Unit) -> bool:
         try:
@@ -123,7 +127,9 @@ class TorchStateDict(Format):
         raw = self.tensors(path) if tensors is None else tensors
         keys, expected, counters = self._expected(spec)
         checked = _fits(path, raw, expected, spec, self.description, allow_nonfinite, counters)
-        return _canonical(path, {c: checked[k] for c, k in keys.items()}, spec, allow_nonfinite)
+        shapes = param_shapes(spec)  # torchvision's (C, 1, 1) layer scale is (C,) canonically
+        return _canonical(path, {c: checked[k].reshape(shapes[c]) for c, k in keys.items()},
+                          spec, allow_nonfinite)
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
         import torch
@@ -137,11 +143,27 @@ class TorchvisionStateDict(TorchStateDict):
     """A state_dict with torchvision's key names (``conv1``, ``layer2.0.downsample.0``, ``fc``)."""
 
     name, family = "torchvision", "torchvision"
-    description = "PyTorch state_dict (torchvision's resnet key names)"
+    description = "PyTorch state_dict (torchvision's resnet or convnext key names)"
     torchvision = True
 
     def refine(self, tensors: Mapping[str, np.ndarray]) -> Format:
         return self
+
+    def target(self, spec: Unit) -> Unit:
+        """torchvision's ConvNeXt code fixes what a ConvNeXtSpec may vary: every LayerNorm's eps
+        is 1e-6 (the head's too; Hugging Face's head uses its config's, 1e-12 by default), GELU
+        is exact, the kernel 7, the patch 4, the MLP ratio 4, and layer scale is there."""
+        if not isinstance(spec, ConvNeXtSpec):
+            return spec
+        fixed = {"kernel_size": 7, "patch_size": 4, "mlp_ratio": 4}
+        wrong = [f"{k}={getattr(spec, k)} (torchvision: {v})" for k, v in fixed.items()
+                 if getattr(spec, k) != v]
+        if not spec.layer_scale:
+            wrong.append("layer_scale_init=0 (torchvision always has layer scale)")
+        if wrong:
+            raise ValueError(f"torchvision's ConvNeXt cannot hold spec {spec.name!r}: "
+                             + ", ".join(wrong))
+        return dataclasses.replace(spec, ln_eps=1e-6, head_ln_eps=1e-6, gelu="exact")
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
         """torchvision's keys in torchvision's order; ``num_batches_tracked`` is not canonical
@@ -151,9 +173,10 @@ class TorchvisionStateDict(TorchStateDict):
         out: dict[str, Any] = {}
         keys = torch_keys(spec, torchvision=True)
         for layer in spec.layers():
-            for p in layer.shapes:
+            for p, shape in layer.shapes.items():
                 name = f"{layer.name}.{p}"
-                out[keys[name]] = torch.from_numpy(checked[name])
+                out[keys[name]] = torch.from_numpy(checked[name].reshape(torchvision_shape(layer,
+                                                                                           shape)))
             if layer.kind == "bn":
                 out[f"{torchvision_module(layer.name)}.num_batches_tracked"] = torch.tensor(0)
         torch.save(out, path)
@@ -202,7 +225,7 @@ class _Keras(Format):
 def _saveable(model: Any, spec: Unit) -> Any:
     """What ``save_weights`` and ``load_weights`` are called on: the model, or for a lone block
     (a Keras layer, which has neither) a Sequential holding it (``layers/residual/...``)."""
-    if isinstance(spec, ResNetSpec):
+    if isinstance(spec, NETWORKS):
         return model
     keras = _require("keras", "tf")
     holder = keras.Sequential([model])
@@ -226,9 +249,12 @@ class KerasWeights(_Keras):
         out), dense (in, out)): Keras names them by object structure (``layers/stem/conv/
         vars/0``), not by layer, so the shapes are compared as a multiset, without TensorFlow;
         reading checks each one in place."""
-        def keras_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+        def keras_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+            if kind == "dwconv":  # (C, 1, kh, kw) -> DepthwiseConv2D's (kh, kw, C, 1)
+                return tuple(shape[2:] + shape[:2])
             return tuple(shape[2:] + shape[1::-1]) if len(shape) == 4 else tuple(reversed(shape))
-        want = sorted(keras_shape(s) for s in param_shapes(spec).values())
+        want = sorted(keras_shape(layer.kind, s) for layer in spec.layers()
+                      for s in layer.shapes.values())
         return sorted(tuple(a.shape) for a in tensors.values()) == want
 
 
@@ -242,11 +268,12 @@ class KerasModel(_Keras):
             config = json.loads(keras_archive_member(path, "config.json"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise _unreadable(path, "Keras .keras archive (config.json)", e) from None
-        if not (isinstance(config, dict) and config.get("registered_name") == "resnet_tf>ResNet"
+        if not (isinstance(config, dict)
+                and config.get("registered_name") in ("resnet_tf>ResNet", "resnet_tf>ConvNeXt")
                 and isinstance(config.get("config"), dict) and "spec" in config["config"]):
             kind = config.get("class_name") if isinstance(config, dict) else None
-            raise ValueError(f"{path}: holds a {kind or 'model'} that is not resnet_tf's ResNet "
-                             "(no spec in its config)")
+            raise ValueError(f"{path}: holds a {kind or 'model'} that is not resnet_tf's ResNet or "
+                             "ConvNeXt (no spec in its config)")
         try:
             return spec_from_dict(config["config"]["spec"])
         except (TypeError, ValueError) as e:
@@ -256,8 +283,8 @@ class KerasModel(_Keras):
         return _h5_tensors(io.BytesIO(keras_archive_member(path, self.WEIGHTS)), path, self.description)
 
     def write(self, path: Path, state: State, spec: Unit) -> None:
-        if not isinstance(spec, ResNetSpec):
-            raise ValueError(f"{path.name}: a .keras file holds resnet_tf's whole ResNet, not a "
+        if not isinstance(spec, NETWORKS):
+            raise ValueError(f"{path.name}: a .keras file holds resnet_tf's whole network, not a "
                              f"{unit_name(spec)} alone; write a lone block as .weights.h5")
         self._model(state, spec).save(str(path))
 
