@@ -8,6 +8,7 @@ against the bound of :mod:`common.core.step_parity`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -22,9 +23,9 @@ from ..core.compare import (
     pairwise,
     summarize,
 )
-from ..core.spec import ARCHITECTURES, ResNetSpec, architecture
+from ..core.spec import ARCHITECTURES, NETWORKS, ConvNeXtSpec, Network, architecture
 from ..core.state import load_state_file, random_state, write_text
-from ..core.step_parity import bn_counts, compare_states, labels, tolerance
+from ..core.step_parity import WELL_CONDITIONED, bn_counts, compare_states, labels, tolerance
 from .command import (
     EXIT_MISMATCH,
     EXIT_OK,
@@ -38,7 +39,7 @@ from .command import (
 from .registry import BACKEND_NAMES
 
 
-def eval_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, device: str,
+def eval_sections(backends: dict, spec: Network, state: dict, x: np.ndarray, device: str,
                   dtype: str, rtol: float, log: Log) -> list[Section]:
     acts = {}
     for name, be in backends.items():
@@ -50,7 +51,23 @@ def eval_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, 
                     pairwise(acts, lambda o, r, *_: compare(o, r, rtol)))]
 
 
-def train_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray, device: str,
+# MXNet 1.9.1 differentiates erf with 2/sqrt(pi) held in float32: in float64 its gradient is
+# 3.4e-8 off (the forward is exact), which moves every gradient below an exact GELU by ~1e-8
+# (measured: 1.9e-8 on ConvNeXt-T at 64x64 against PyTorch and Keras, which agree to 6e-15).
+MXNET_ERF_GRADIENT = 5e-8
+
+
+def gradient_bound(spec: Network, dtype: str, *frameworks: str) -> float:
+    """The gradient bound for a pair: :func:`tolerance`'s, or in float64 for MXNet against
+    another framework on an exact-GELU network, MXNet's erf gradient (above)."""
+    bound = tolerance("gradients", dtype)
+    if (dtype == "float64" and "mxnet" in frameworks and isinstance(spec, ConvNeXtSpec)
+            and spec.gelu == "exact"):
+        return max(bound, MXNET_ERF_GRADIENT)
+    return bound
+
+
+def train_sections(backends: dict, spec: Network, state: dict, x: np.ndarray, device: str,
                    dtype: str, args: argparse.Namespace, log: Log) -> list[Section]:
     y = labels(spec, x.shape[0], args.seed)
     acts, grads, after = {}, {}, {}
@@ -65,13 +82,19 @@ def train_sections(backends: dict, spec: ResNetSpec, state: dict, x: np.ndarray,
             be.sgd_step(model, x, y, args.lr, args.momentum, args.weight_decay, device=device)
         after[name] = be.export_state(model)
     counts = bn_counts(spec, next(iter(acts.values())))
-    b_act, b_grad = tolerance("activations", dtype), tolerance("gradients", dtype)
-    b_step = tolerance("steps", dtype, args.steps, bn_values=min(counts.values()))
+    b_act, b_grad = tolerance("activations", dtype), gradient_bound(spec, dtype)
+    # a network without BatchNorm (ConvNeXt) has none of its ill-conditioned backward passes
+    b_step = tolerance("steps", dtype, args.steps,
+                       bn_values=min(counts.values(), default=WELL_CONDITIONED))
     return [
         Section("activations, training mode (batch statistics)", b_act,
                 pairwise(acts, lambda o, r, *_: compare(o, r, b_act))),
-        Section("loss and gradients (floor: 1e-3 of the largest gradient)", b_grad,
-                pairwise(grads, lambda o, r, *_: compare(o, r, b_grad, floor=global_floor(r)))),
+        Section("loss and gradients (floor: 1e-3 of the largest gradient)"
+                + (f"; {MXNET_ERF_GRADIENT:g} for MXNet, whose float64 erf gradient is 3.4e-8 off"
+                   if gradient_bound(spec, dtype, "mxnet") > b_grad and "mxnet" in backends
+                   else ""), b_grad,
+                pairwise(grads, lambda o, r, on, rn: compare(
+                    o, r, gradient_bound(spec, dtype, on, rn), floor=global_floor(r)))),
         Section(f"parameters and running statistics after {args.steps} SGD step(s), lr "
                 f"{args.lr:g}, momentum {args.momentum:g}, weight decay {args.weight_decay:g} "
                 "(running_var in the reference's convention)", b_step,
@@ -90,13 +113,18 @@ def run_check(args: argparse.Namespace) -> int:
             state, spec = load_state_file(args.weights)
         except ValueError as e:
             raise CliError(str(e)) from None
-        if not isinstance(spec, ResNetSpec):
-            raise CliError(f"{args.weights}: holds a {type(spec).__name__}, not a whole ResNet")
+        if not isinstance(spec, NETWORKS):
+            raise CliError(f"{args.weights}: holds a {type(spec).__name__}, not a whole network")
         source = f"weights from {args.weights}"
     else:
         spec = architecture(args.arch or "resnet18")
         state = random_state(spec, args.seed)
         source = f"random weights and BatchNorm statistics (seed {args.seed})"
+    notes = []
+    if args.mode == "train" and isinstance(spec, ConvNeXtSpec) and spec.drop_path_rate > 0:
+        notes.append(f"stochastic depth off (drop_path_rate {spec.drop_path_rate:g} -> 0): each "
+                     "framework draws its own drop mask, so no two would drop the same samples")
+        spec = dataclasses.replace(spec, drop_path_rate=0.0)
     rtol = args.rtol if args.rtol is not None else (
         EVAL_RTOL_GPU if args.device == "gpu" else EVAL_RTOL_CPU)
     x = np.random.default_rng(args.seed).standard_normal(
@@ -104,6 +132,8 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {source}; input {x.shape} NCHW; {args.mode} mode; {args.dtype}; "
           f"device {args.device}" + (f"; bound max|a-b|/max|b| <= {rtol:g}"
                                      if args.mode == "eval" else ""))
+    for note in notes:
+        print(f"note: {note}")
     log = progress_log(args.quiet)
     backends, skipped = load_backends(args.frameworks, args.device)
     for name, why in skipped.items():
@@ -139,7 +169,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``check``."""
     c = sub.add_parser(
         "check", help="load one set of weights into every framework and compare each layer",
-        description="Build ResNet-18 (or --arch) in each installed framework, load one set of weights into "
+        description="Build ResNet-18 (or --arch: the ResNet family, ConvNeXt) in each installed framework, "
+                    "load one set of weights into "
                     "all, run one input, and print per layer the max absolute and relative "
                     "difference of every pair. Exit status 1 if any layer is out of bounds.")
     c.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
