@@ -94,11 +94,13 @@ def _module_marks(tree: ast.Module) -> list[ast.expr]:
 
 
 def test_every_trap_row_cites_a_trap_test():
-    """Each of the 14 rows and the family's 5 names ``parity_tests/<file>.py::<test>``: a test
-    function that exists at the top level of that file and is marked ``trap`` (checked from the
-    source, without measuring anything); and the ``trap`` marker is registered."""
+    """Each of the 14 rows, the family's 5 and ConvNeXt's 5 names
+    ``parity_tests/<file>.py::<test>``: a test function that exists at the top level of that
+    file and is marked ``trap`` (checked from the source, without measuring anything); and the
+    ``trap`` marker is registered."""
     assert len(traps.TRAPS) == 14 and len(traps.FAMILY_TRAPS) == 5
-    rows = traps.TRAPS + traps.FAMILY_TRAPS
+    assert len(traps.CONVNEXT_TRAPS) == 5
+    rows = traps.TRAPS + traps.FAMILY_TRAPS + traps.CONVNEXT_TRAPS
     assert len({t.trap for t in rows}) == len(rows)
     cited = {}
     for t in rows:
@@ -175,11 +177,19 @@ def test_traps_command_prints_the_table(measured, monkeypatch, capsys):
     def family(arch, log=None):
         asked.append(arch)
         return [traps.Finding(**dataclasses.asdict(t), measured="-") for t in traps.FAMILY_TRAPS]
+    def convnext(arch, log=None):
+        asked.append(arch)
+        return [traps.Finding(**dataclasses.asdict(t), measured="-") for t in traps.CONVNEXT_TRAPS]
     monkeypatch.setattr(traps, "family_findings", family)
+    monkeypatch.setattr(traps, "convnext_findings", convnext)
     assert main(["traps", "--markdown", "-q", "--arch", "resnext50_32x4d"]) == 0
-    assert asked == ["resnext50_32x4d"]
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + len(traps.TRAPS) + len(traps.FAMILY_TRAPS)  # header, one row each
+    assert asked == ["resnext50_32x4d", "convnext_tiny"]
+    assert main(["traps", "--markdown", "-q", "--arch", "convnext_small"]) == 0
+    assert asked[2:] == ["resnet50", "convnext_small"]
+    out = capsys.readouterr().out.split("| trap |")[1]
+    lines = [line for line in ("| trap |" + out).splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + len(traps.TRAPS) + len(traps.FAMILY_TRAPS) + len(
+        traps.CONVNEXT_TRAPS)  # header, one row each
     for line, t in zip(lines[1:], traps.TRAPS):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == t.trap and cells[-1] == f"`{t.test}`"

@@ -15,7 +15,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..core.compare import Row, compare, diff, global_floor, worst
-from ..core.spec import ARCHITECTURES, ResidualSpec, ResNetSpec, architecture, param_shapes, resnet18_spec
+from ..core.spec import (
+    ARCHITECTURES,
+    ConvNeXtSpec,
+    ResidualSpec,
+    ResNetSpec,
+    architecture,
+    param_shapes,
+    resnet18_spec,
+)
 from ..core.state import random_state
 from ..core.step_parity import bn_counts, labels
 from .command import EXIT_OK, CliError, load_backends, progress_log
@@ -122,6 +130,32 @@ FAMILY_TRAPS: list[Trap] = [
     Trap("classifier output", "logits", "keras.applications: softmax probabilities by default",
          "logits", "the suite's head gives logits; compare probabilities after a softmax",
          _T + "test_family_traps.py::test_keras_applications_outputs_probabilities"),
+]
+
+
+# ConvNeXt's traps: the layers where frameworks disagree most quietly. Measured on ``--arch``
+# (convnext_tiny by default) with the suite's PyTorch model, and on the layers themselves.
+CONVNEXT_TRAPS: list[Trap] = [
+    Trap("GELU exact vs tanh", "nn.GELU(): exact; approximate='tanh' on request",
+         "keras.activations.gelu: exact; keras.ops.gelu: tanh by default; TF's kernel is 5e-9 "
+         "off in float64", "nn.GELU: exact only; its kernel 6e-7 off in float64, erf's "
+         "gradient 3e-8", "the spec's gelu; Keras and Gluon GELU written with their own erf",
+         _T + "test_convnext_traps.py::test_gelu_defaults_differ"),
+    Trap("LayerNorm eps", "nn.LayerNorm: 1e-5", "LayerNormalization: 1e-3",
+         "nn.LayerNorm: 1e-5", "ConvNeXt's 1e-6 passed everywhere; Hugging Face's "
+         "layer_norm_eps (1e-12 in seed 001) is the head's alone: head_ln_eps",
+         _T + "test_convnext_traps.py::test_layer_norm_default_eps"),
+    Trap("LayerNorm axis", "nn.LayerNorm(C) wants channels last (raises on NCHW unless W = C)",
+         "axis=-1: channels in NHWC", "axis=-1 by default: on NCHW that is the width",
+         "channels-last LayerNorm in blocks; LayerNorm2d (PyTorch), axis=1 (Gluon) on NCHW",
+         _T + "test_convnext_traps.py::test_layer_norm_axis"),
+    Trap("depthwise kernel layout", "Conv2d(groups=C): (C, 1, kh, kw)",
+         "DepthwiseConv2D: (kh, kw, C, 1); Conv2D(groups=C), keras.applications': (kh, kw, 1, C)",
+         "Conv2D(groups=C): (C, 1, kh, kw)", "kind 'dwconv' with its own permutation in "
+         "resnet_tf._layout", _T + "test_convnext_traps.py::test_depthwise_kernel_layouts"),
+    Trap("layer scale shape", "torchvision: (C, 1, 1); Hugging Face: (C,)",
+         "keras.applications LayerScale: (C,)", "-", "canonical (C,); the torchvision format "
+         "reshapes and checks it", _T + "test_convnext_traps.py::test_layer_scale_shapes"),
 ]
 
 
@@ -369,6 +403,116 @@ def family_findings(arch: str = "resnet50", log: Callable[[str], None] = lambda 
             for t in FAMILY_TRAPS]
 
 
+def gelu_float64_errors() -> dict[str, float]:
+    """Max abs error of each framework's own GELU kernel against the exact GELU in float64 on
+    [-6, 6], and of MXNet's erf gradient (relative), the reasons the suite writes its own."""
+    import math
+
+    import tensorflow as tf
+    import torch
+
+    from resnet_mxnet._compat import autograd, mx
+    x = np.linspace(-6, 6, 2001)
+    exact = 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    xm = mx.nd.array(x, dtype="float64")
+    xm.attach_grad()
+    with autograd.record():
+        erf = mx.nd.erf(xm)
+    erf.backward()
+    return {
+        "torch": float(np.abs(torch.nn.functional.gelu(torch.from_numpy(x)).numpy() - exact).max()),
+        "tf": float(np.abs(tf.nn.gelu(x, approximate=False).numpy() - exact).max()),
+        "mxnet": float(np.abs(mx.nd.LeakyReLU(mx.nd.array(x, dtype="float64"), act_type="gelu")
+                              .asnumpy() - exact).max()),
+        "mxnet_erf_gradient": float(np.abs(xm.grad.asnumpy() / (2.0 / math.sqrt(math.pi)
+                                                                  * np.exp(-x ** 2)) - 1).max()),
+    }
+
+
+def convnext_gaps(arch: str = "convnext_tiny", size: int = 64) -> dict[str, float]:
+    """Logits of ``arch`` (random weights, batch 2 at ``size``) under each wrong assumption,
+    relative to the right one (suite's PyTorch), and two layer-level figures:
+
+    * ``tanh``: the tanh GELU for the exact one;
+    * ``eps_keras``, ``eps_torch``: every LayerNorm at Keras's (1e-3) or PyTorch's default (1e-5);
+    * ``eps_seed``: seed 001's 1e-12 read as every LayerNorm's eps, not the head's alone;
+    * ``axis``: the stem's LayerNorm over (C, H, W) instead of C (its own output, relative);
+    * ``dw_layout``, ``dw_keras``: :func:`depthwise_layout_gaps`.
+    """
+    import torch
+    be = get_backend("torch")
+    spec = architecture(arch, num_classes=10)
+    state = random_state(spec, seed=0)
+    x = _input((2, spec.in_channels, size, size), seed=size)
+
+    def logits(s) -> np.ndarray:
+        model = be.build(s)
+        be.load_state(model, state)
+        return be.forward(model, x)
+
+    ref = logits(spec)
+    out = {"tanh": diff(logits(dataclasses.replace(spec, gelu="tanh")), ref)[1]}
+    for key, eps in (("eps_keras", 1e-3), ("eps_torch", 1e-5)):
+        out[key] = diff(logits(dataclasses.replace(spec, ln_eps=eps, head_ln_eps=eps)), ref)[1]
+    seed = dataclasses.replace(spec, head_ln_eps=1e-12)
+    out["eps_seed"] = diff(logits(dataclasses.replace(seed, ln_eps=1e-12)), logits(seed))[1]
+    model = be.build(spec)
+    be.load_state(model, state)
+    conv = torch.from_numpy(be.activations(model, x)["stem.conv"])
+    right = model.stem.norm(conv).detach().numpy()
+    whole = torch.nn.functional.layer_norm(conv, conv.shape[1:], eps=spec.ln_eps)
+    gamma, beta = (state[f"stem.norm.{p}"][None, :, None, None] for p in ("gamma", "beta"))
+    out["axis"] = diff(whole.numpy() * gamma + beta, right)[1]
+    out["dw_layout"], out["dw_keras"] = depthwise_layout_gaps()
+    return out
+
+
+def depthwise_layout_gaps() -> tuple[float, float]:
+    """Keras DepthwiseConv2D (kernel (kh, kw, C, 1)) loaded with a PyTorch depthwise kernel
+    (C, 1, kh, kw) reshaped instead of transposed, and with a Keras Conv2D(groups=C) kernel
+    (kh, kw, 1, C) reshaped: the conv output's relative error for each. The second is 0: the
+    two Keras layouts hold their values in one order."""
+    import keras
+    w = random_state(architecture("convnext_tiny"))["stages.0.blocks.0.dwconv.weight"][:8]
+    right = w.transpose(2, 3, 0, 1)                        # (kh, kw, C, 1)
+    x = _input((2, 9, 9, 8))
+    layer = keras.layers.DepthwiseConv2D(7, padding="same", use_bias=False)
+    layer.build(x.shape)
+    outs = []
+    for kernel in (right, w.reshape(7, 7, 8, 1), w.transpose(2, 3, 1, 0).reshape(7, 7, 8, 1)):
+        layer.kernel.assign(kernel)
+        outs.append(keras.ops.convert_to_numpy(layer(x)))
+    return diff(outs[1], outs[0])[1], diff(outs[2], outs[0])[1]
+
+
+def convnext_findings(arch: str = "convnext_tiny", log: Callable[[str], None] = lambda m: None
+                      ) -> list[Finding]:
+    """Measure every trap of :data:`CONVNEXT_TRAPS` on ``arch`` (all three frameworks; seconds)."""
+    log(f"ConvNeXt's traps on {arch} ...")
+    g, k = convnext_gaps(arch), gelu_float64_errors()
+    measured: dict[str, tuple[str, dict[str, float]]] = {
+        "GELU exact vs tanh": (
+            f"tanh for exact: logits off by {g['tanh']:.1e}; float64 kernels off the exact GELU: "
+            f"PyTorch {k['torch']:.0e}, TF {k['tf']:.0e}, MXNet {k['mxnet']:.0e}; MXNet's erf "
+            f"gradient {k['mxnet_erf_gradient']:.0e}", {"tanh": g["tanh"], **{
+                f"float64_{n}": v for n, v in k.items()}}),
+        "LayerNorm eps": (
+            f"every LayerNorm at 1e-3 (Keras's default): logits off by {g['eps_keras']:.1e}; at "
+            f"1e-5: {g['eps_torch']:.1e}; the seed's 1e-12 everywhere, not the head's alone: "
+            f"{g['eps_seed']:.1e}", {k2: g[k2] for k2 in ("eps_keras", "eps_torch", "eps_seed")}),
+        "LayerNorm axis": (f"stem LayerNorm over (C, H, W) instead of C: off by {g['axis']:.1e}",
+                           {"axis": g["axis"]}),
+        "depthwise kernel layout": (
+            f"PyTorch's kernel reshaped into DepthwiseConv2D's: conv output off by "
+            f"{g['dw_layout']:.1e}; Keras's two layouts reshaped into each other: "
+            f"{g['dw_keras']:.0e} (one memory order)",
+            {"dw_layout": g["dw_layout"], "dw_keras": g["dw_keras"]}),
+        "layer scale shape": ("a (C,) scale under torchvision's name is refused by shape", {}),
+    }
+    return [Finding(**asdict(t), measured=measured[t.trap][0], figures=measured[t.trap][1])
+            for t in CONVNEXT_TRAPS]
+
+
 def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
     """Measure every trap of :data:`TRAPS` (needs all three frameworks; about half a minute on
     2 cores)."""
@@ -447,7 +591,9 @@ def run_traps(args: argparse.Namespace) -> int:
         raise CliError("traps compares all three frameworks; not installed: " + ", ".join(
             install_hint(n) for n in missing))
     log = progress_log(args.quiet)
-    items = findings(log) + family_findings(args.arch, log)
+    convnext = isinstance(architecture(args.arch), ConvNeXtSpec)
+    items = (findings(log) + family_findings("resnet50" if convnext else args.arch, log)
+             + convnext_findings(args.arch if convnext else "convnext_tiny", log))
     if args.markdown:
         print(markdown(items))
     else:
@@ -464,12 +610,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Measure, on this machine, each difference between PyTorch, Keras and Gluon "
                     "that the suite fixes or exposes: d2l's Keras padding and eps, BatchNorm "
                     "momentum and running variance, weight decay, initialisers, float32 "
-                    "training; and the ResNet family's (v1 vs v1.5 stride, eps 1.001e-5, conv "
-                    "bias, Hugging Face's classifier), measured on --arch. Needs all three "
+                    "training; the ResNet family's (v1 vs v1.5 stride, eps 1.001e-5, conv "
+                    "bias, Hugging Face's classifier), measured on --arch or resnet50; and "
+                    "ConvNeXt's (GELU form, LayerNorm eps and axis, depthwise kernel layout, "
+                    "layer scale shape), measured on --arch or convnext_tiny. Needs all three "
                     "frameworks.")
     t.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME", default="resnet50",
-                   help="the member the family's traps are measured on (resnet50): "
-                        + ", ".join(ARCHITECTURES))
+                   help="a ResNet member for the family's traps (resnet50), or a ConvNeXt member "
+                        "for ConvNeXt's (convnext_tiny): " + ", ".join(ARCHITECTURES))
     t.add_argument("--markdown", action="store_true", help="print the README's table")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     t.set_defaults(func=run_traps)
