@@ -81,3 +81,20 @@ def test_parity_mode_turns_tf32_off(name, r18, loaded):
     assert _tf32_default(name)
     be.forward(loaded(be, r18), make_input(SHAPE), device="gpu")
     assert not _tf32_enabled(name)
+
+
+def test_convnext_pair_parity_on_gpu(pair):
+    """ConvNeXt-T on GPU in each pair: LayerNorm, GELU and the depthwise conv in cuDNN and
+    each framework's own kernels."""
+    from common import architecture, random_state
+    ref, other = pair
+    need_gpu(ref)
+    need_gpu(other)
+    spec = architecture("convnext_tiny")
+    state, x = random_state(spec, seed=3), make_input((2, 3, 67, 45), seed=3)
+    acts = {}
+    for be in pair:
+        model = be.build(spec)
+        be.load_state(model, state)
+        acts[be.name] = be.activations(model, x, device="gpu")
+    check(acts[other.name], acts[ref.name], f"ConvNeXt-T: {other.name} vs {ref.name} on gpu")
