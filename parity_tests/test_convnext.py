@@ -252,3 +252,37 @@ def test_check_runs_a_convnext_in_train_mode_without_stochastic_depth(tmp_path, 
     assert code == 0, out
     assert "stochastic depth off (drop_path_rate 0.3 -> 0)" in out
     assert ("for MXNet, whose float64 erf gradient" in out) == ("mxnet" in installed)
+
+
+def test_the_keras_convnext_compiles_fits_and_saves(tmp_path):
+    """resnet_tf's ConvNeXt is a keras.Model: compile, fit, save as .keras and load back (safe
+    mode, its own registered layers) with the same predictions."""
+    backend_or_skip("tf")
+    import keras
+
+    from resnet_tf import ConvNeXt
+    model = ConvNeXt(SMALL)
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = make_input((4, 16, 16, 3), seed=11)
+    y = np.arange(4) % SMALL.num_classes
+    history = model.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    model.save(tmp_path / "m.keras")
+    back = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert type(back) is ConvNeXt and back.spec == SMALL
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_the_gluon_convnext_hybridizes_to_the_same_function():
+    backend_or_skip("mxnet")
+    from resnet_mxnet import ConvNeXt
+    from resnet_mxnet._compat import mx
+    for gelu in ("exact", "tanh"):
+        model = ConvNeXt(dataclasses.replace(SMALL, gelu=gelu))
+        model.initialize()
+        x = mx.nd.array(make_input((2, 3, 19, 22), seed=12))
+        imperative = model(x).asnumpy()
+        model.hybridize(static_alloc=True)
+        hybrid = model(x).asnumpy()
+        assert np.abs(hybrid - imperative).max() <= 1e-6 * np.abs(imperative).max()

@@ -228,3 +228,48 @@ def test_the_readmes_model_zoo_names_are_the_zoos_own(row, zoos):
     keras_shape = shape[2:] + shape[1::-1] if len(shape) == 4 else shape[::-1]
     assert tuple(var.shape) == keras_shape
 
+
+
+CONVNEXT_HEADER = ("| canonical | PyTorch `state_dict` | Keras weight path | Gluon `save_parameters` "
+                   "| torchvision | Hugging Face |")
+CONVNEXT_ROWS = table(CONVNEXT_HEADER)
+
+
+@pytest.fixture(scope="module")
+def convnext_models():
+    from common import architecture
+    spec = architecture("convnext_tiny")
+    return spec, {f: backend_or_skip(f).build(spec) for f in ("torch", "tf", "mxnet")}
+
+
+@pytest.mark.parametrize("row", CONVNEXT_ROWS, ids=[r[0] for r in CONVNEXT_ROWS])
+def test_convnext_names_are_as_the_table_says(row, convnext_models):
+    """Each framework's name read off a built convnext_tiny; torchvision's and Hugging Face's
+    from the key maps, and Hugging Face's also from transformers' own model, with its shape."""
+    from common.tools.formats import torch_keys
+    from common.tools.formats.huggingface import hf_keys
+    key, torch_key, keras_path, gluon_key, tv_key, hf_key = row
+    spec, models = convnext_models
+    layer, param = _layer(spec, key)
+    tm, km, gm = models["torch"], models["tf"], models["mxnet"]
+    torch_param = getattr(resolve(tm, layer.attr), TORCH.get(param, param)
+                          if layer.kind == "ln" else param)
+    assert _ids(list(tm.named_parameters()))[id(torch_param)] == torch_key
+    assert getattr(resolve(km, layer.attr), KERAS[param]).path == keras_path
+    gluon_param = getattr(resolve(gm, layer.attr), param)
+    assert _ids(gm._collect_params_with_prefix().items())[id(gluon_param)] == gluon_key
+    assert torch_keys(spec, torchvision=True)[key] == tv_key
+    assert hf_keys(spec)[key] == hf_key
+    transformers = pytest.importorskip("transformers")
+    hf = _hf_convnext_tiny(transformers)
+    assert tuple(hf[hf_key].shape) == param_shapes(spec)[key]
+
+
+_HF: dict = {}
+
+
+def _hf_convnext_tiny(transformers) -> dict:
+    if not _HF:
+        config = transformers.ConvNextConfig(num_labels=1000)  # its defaults are ConvNeXt-T's
+        _HF.update(transformers.ConvNextForImageClassification(config).state_dict())
+    return _HF

@@ -64,8 +64,11 @@ class LayerScale(layers.Layer):
     def __init__(self, num_channels: int, init_value: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_channels, self.init_value = num_channels, init_value
-        self.gamma = self.add_weight(shape=(num_channels,), name="gamma",
-                                     initializer=keras.initializers.Constant(init_value))
+
+    def build(self, input_shape: tuple) -> None:
+        # made in build, under the model's name scope: its path reads ".../layer_scale/gamma"
+        self.gamma = self.add_weight(shape=(self.num_channels,), name="gamma",
+                                     initializer=keras.initializers.Constant(self.init_value))
 
     def call(self, x: Any) -> Any:
         return x * self.gamma
@@ -135,6 +138,8 @@ class ConvNeXtBlock(layers.Layer):
         self.norm.build((None, dim))
         self.pwconv1.build((None, dim))
         self.pwconv2.build((None, hidden))
+        if self.layer_scale is not None:
+            self.layer_scale.build((None, dim))
 
     def call(self, x: Any, training: Optional[bool] = None) -> Any:
         y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))

@@ -1,12 +1,13 @@
 """Architecture specs: the single source of truth every framework builds from.
 
-Four units can be built, exported and traced in every backend:
+Five units can be built, exported and traced in every backend:
 
 * :class:`ResNetSpec`       -- the whole network: d2l's ResNet-18 by default, and the family
   (ResNet-18 to 152, v1 and v1.5 bottlenecks, ResNeXt, wide) through :data:`ARCHITECTURES`;
 * :class:`ResnetBlockSpec`  -- one stage, d2l's ``resnet_block``;
 * :class:`ResidualSpec`     -- one d2l ``Residual`` block (two 3x3 convs);
-* :class:`BottleneckSpec`   -- one bottleneck block (1x1, grouped 3x3, 1x1), He et al. 2016.
+* :class:`BottleneckSpec`   -- one bottleneck block (1x1, grouped 3x3, 1x1), He et al. 2016;
+* :class:`ConvNeXtSpec`     -- a whole ConvNeXt (Liu et al. 2022), torchvision's and Hugging Face's.
 
 Each unit lists its parametrised layers (:meth:`layers`): the layer table. A row holds the
 canonical name, the attribute path that reaches the layer in *every* framework's model, the
