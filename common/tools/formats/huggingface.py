@@ -97,13 +97,7 @@ def config_to_spec(config: Mapping[str, Any]) -> Network:
     for name in ("downsample_in_first_stage", "downsample_in_bottleneck"):
         if not isinstance(c[name], bool):
             raise ValueError(f"{name} is {c[name]!r}, not true or false")
-    for name in ("num_channels", "embedding_size"):
-        _check_int(name, c[name])
-    for name in ("depths", "hidden_sizes"):
-        if not isinstance(c[name], list) or not c[name]:
-            raise ValueError(f"{name} is {c[name]!r}, not a non-empty list")
-        for i, v in enumerate(c[name]):
-            _check_int(f"{name}[{i}]", v)
+    _check_sizes(c, ("num_channels", "embedding_size"))
     if len(c["depths"]) != len(c["hidden_sizes"]):
         raise ValueError(f"depths {c['depths']} and hidden_sizes {c['hidden_sizes']} differ in "
                          "length")
@@ -127,13 +121,7 @@ def _convnext_config_to_spec(config: Mapping[str, Any]) -> ConvNeXtSpec:
     if c["hidden_act"] not in _CONVNEXT_GELU:
         raise ValueError(f"hidden_act is {c['hidden_act']!r}; the suite's ConvNeXt takes "
                          f"{', '.join(map(repr, _CONVNEXT_GELU))}")
-    for name in ("num_channels", "patch_size"):
-        _check_int(name, c[name])
-    for name in ("depths", "hidden_sizes"):
-        if not isinstance(c[name], list) or not c[name]:
-            raise ValueError(f"{name} is {c[name]!r}, not a non-empty list")
-        for i, v in enumerate(c[name]):
-            _check_int(f"{name}[{i}]", v)
+    _check_sizes(c, ("num_channels", "patch_size"))
     if "num_stages" in config and config["num_stages"] != len(c["depths"]):
         raise ValueError(f"num_stages is {config['num_stages']!r} but depths has "
                          f"{len(c['depths'])} stages")
@@ -195,6 +183,17 @@ def _representable(spec: Network, config: dict[str, Any], what: str) -> dict[str
         raise ValueError(f"spec {spec.name!r} cannot be written as a Hugging Face {what}: "
                          + ", ".join(wrong))
     return config
+
+
+def _check_sizes(c: Mapping[str, Any], ints: tuple[str, ...]) -> None:
+    """The positive integers ``ints`` and the non-empty lists of them, depths and hidden_sizes."""
+    for name in ints:
+        _check_int(name, c[name])
+    for name in ("depths", "hidden_sizes"):
+        if not isinstance(c[name], list) or not c[name]:
+            raise ValueError(f"{name} is {c[name]!r}, not a non-empty list")
+        for i, v in enumerate(c[name]):
+            _check_int(f"{name}[{i}]", v)
 
 
 def _check_int(name: str, value: Any) -> None:
