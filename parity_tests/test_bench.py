@@ -3,45 +3,79 @@ No timing is asserted: benchmarks print figures, tests check that they can be tr
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 
 import numpy as np
 import pytest
 
-from common import ResNetSpec, architecture, random_state, save_state, torchvision_resnet18_spec
-from common.tools.bench import GROUPED_CONV, conv_case, conv_macs, conv_worker, run, worker
+from common import ConvNeXtSpec, ResNetSpec, architecture, random_state, save_state, torchvision_resnet18_spec
+from common.tools import bench
+from common.tools.bench import GROUPED_CONV, conv_case, conv_macs, conv_worker, format_report, run, worker
 
 from .conftest import backend_or_skip
 
 TINY = ResNetSpec(name="tiny", in_channels=1, num_classes=10, stem_channels=8,
                   stage_channels=(8, 16), stage_blocks=(1, 1))
+# three stages, a 3x3 depthwise conv and 2x MLP: every kind of ConvNeXt layer, at odd sizes too
+TINY_CONVNEXT = ConvNeXtSpec(name="tiny-convnext", in_channels=1, num_classes=10, depths=(1, 2, 1),
+                             widths=(8, 16, 24), patch_size=2, kernel_size=3, mlp_ratio=2)
 
 
 def test_macs_match_a_count_of_the_torch_modules():
-    """MACs from the spec equal a count over the real torch model's convs and dense layer
-    (grouped and v1 bottlenecks included), and torchvision's members at 224x224 have their
-    published counts."""
+    """MACs from the spec equal a count over the real torch model's convs and dense layers
+    (grouped and v1 bottlenecks, ConvNeXt's depthwise convs and per-pixel Linears included), and
+    torchvision's members at 224x224 have their published counts."""
     torch = pytest.importorskip("torch")
     be = backend_or_skip("torch")
     for spec, size in ((torchvision_resnet18_spec(), 224), (TINY, 33),
-                       (architecture("resnext50_32x4d"), 64), (architecture("resnet50_v1"), 45)):
+                       (architecture("resnext50_32x4d"), 64), (architecture("resnet50_v1"), 45),
+                       (TINY_CONVNEXT, 35), (architecture("convnext_tiny"), 64)):
         model, macs = be.build(spec), []
 
         def hook(module, inputs, output):
             if isinstance(module, torch.nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
                 macs.append(output[0].numel() * module.in_channels // module.groups * k)
-            elif isinstance(module, torch.nn.Linear):
-                macs.append(module.in_features * module.out_features)
+            elif isinstance(module, torch.nn.Linear):  # once per output position (ConvNeXt's MLP)
+                macs.append(output[0].numel() * module.in_features)
         for m in model.modules():
             m.register_forward_hook(hook)
         model.eval()(torch.zeros(1, spec.in_channels, size, size))
         assert conv_macs(spec, size) == sum(macs)
     # torchvision's published GFLOPS (multiply-accumulates) at 224x224
     for name, gmacs in (("torchvision-resnet18", 1.81), ("resnet50", 4.09), ("resnet152", 11.51),
-                        ("resnext50_32x4d", 4.23), ("wide_resnet50_2", 11.40)):
+                        ("resnext50_32x4d", 4.23), ("wide_resnet50_2", 11.40), ("convnext_tiny", 4.46),
+                        ("convnext_small", 8.68), ("convnext_base", 15.36), ("convnext_large", 34.36)):
         assert conv_macs(architecture(name), 224) == pytest.approx(gmacs * 1e9, rel=0.005), name
+
+
+def test_convnext_macs_are_the_layer_table_times_output_pixels():
+    """A ConvNeXt's MACs: each conv's, depthwise conv's and Linear's weight size times the
+    pixels it runs at (the stem's output, halved per stage; the classifier once), with no
+    framework involved; ConvNeXt-T at 224x224 is about 4.47 GMACs."""
+    def by_hand(spec: ConvNeXtSpec, size: int) -> int:
+        total = 0
+        for layer in spec.layers():
+            assert layer.kind in ("conv", "dwconv", "dense", "ln", "scale"), layer
+            if layer.kind in ("ln", "scale"):
+                continue
+            where = layer.name.split(".")
+            stage = int(where[1]) if where[0] == "stages" else 0
+            side = 1 if where[0] == "head" else size // spec.patch_size // 2 ** stage
+            total += side * side * math.prod(layer.shapes["weight"])
+        return total
+
+    for spec, size in ((TINY_CONVNEXT, 16), (TINY_CONVNEXT, 35), (architecture("convnext_tiny"), 224),
+                       (architecture("convnext_base", in_channels=1, num_classes=7), 97)):
+        assert conv_macs(spec, size) == by_hand(spec, size), (spec.name, size)
+    # 16x16, the stem at stride 2: 8x8, 4x4, 2x2; blocks 3*3*c + 2*2*c*c per pixel
+    assert conv_macs(TINY_CONVNEXT, 16) == (64 * 4 * 1 * 8 + 64 * (9 * 8 + 4 * 64)
+                                            + 16 * 4 * 8 * 16 + 2 * 16 * (9 * 16 + 4 * 256)
+                                            + 4 * 4 * 16 * 24 + 4 * (9 * 24 + 4 * 576) + 24 * 10)
+    assert conv_macs(architecture("convnext_tiny"), 224) == pytest.approx(4.47e9, rel=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +149,50 @@ def test_parity_gate_refuses_a_wrong_model(tmp_path):
                      **paths})
     assert not result["parity"]["ok"]
     assert result["parity"]["worst_layer"].startswith("stages.1.0")
+    assert "forward" not in result and "train_step" not in result
+
+
+def test_tiny_convnext_bench_end_to_end(monkeypatch):
+    """``run`` and ``format_report`` on a ConvNeXt, each worker in this process (torch eager; a
+    small GEMM for the peak, to stay fast): the gate passes on every layer, the MACs are the
+    ConvNeXt count and the header names the family."""
+    backend_or_skip("torch")
+
+    def in_process(cfg: dict, env: dict, timeout: float) -> dict:
+        return bench._WORKERS[cfg.get("kind", "model")](cfg)
+    monkeypatch.setattr(bench, "_run_worker", in_process)
+    monkeypatch.setattr(bench, "matmul_peaks", functools.partial(bench.matmul_peaks, n=256))
+    report = run(["torch"], ["eager"], batch=4, size=16, threads=1, warmup=1, reps=2,
+                 spec=TINY_CONVNEXT, conv=False)
+    assert report["macs_per_image"] == conv_macs(TINY_CONVNEXT, 16) and report["conv"] == []
+    (r,) = report["results"]
+    assert r["parity"]["ok"] and r["parity"]["max_rel"] <= 1e-5, r["parity"]
+    count, what = r["parity"]["checked"].split()  # eager: every layer, not only the logits
+    assert what == "layers" and int(count) > len(TINY_CONVNEXT.top_level_names())
+    assert r["forward"]["img_per_s"] > 0 and r["train_step"]["img_per_s"] > 0
+    assert r["forward"]["fraction_of_peak"] > 0 and r["forward"]["n"] == 2
+    out = format_report(report)
+    assert out.startswith("ConvNeXt tiny-convnext, batch 4, 16x16, 1 thread(s); ")
+    assert "grouped/dense" not in out and "torch  eager" in out
+
+
+def test_parity_gate_refuses_a_wrong_convnext(tmp_path):
+    """A ConvNeXt with one MLP weight 1% off is reported wrong, at that stage, and not timed."""
+    torch_be = backend_or_skip("torch")
+    state = random_state(TINY_CONVNEXT, 0)
+    wrong = dict(state)
+    wrong["stages.1.blocks.1.pwconv2.weight"] = wrong["stages.1.blocks.1.pwconv2.weight"] * 1.01
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 16, 16)).astype(np.float32)
+    model = torch_be.build(TINY_CONVNEXT)
+    torch_be.load_state(model, state)
+    paths = {"state": str(save_state(tmp_path / "wrong.safetensors", wrong, TINY_CONVNEXT)),
+             "input": str(tmp_path / "x.npy"), "reference": str(tmp_path / "ref.npz")}
+    np.save(paths["input"], x)
+    np.savez(paths["reference"], **torch_be.activations(model, x[:2]))
+    result = worker({"framework": "torch", "mode": "eager", "threads": 1, "warmup": 1, "reps": 1,
+                     **paths})
+    assert not result["parity"]["ok"]
+    assert result["parity"]["worst_layer"].startswith("stages.1")
     assert "forward" not in result and "train_step" not in result
 
 

@@ -1,4 +1,5 @@
-"""``resnet-parity bench``: the same ResNet, the same weights and input, timed side by side.
+"""``resnet-parity bench``: the same ResNet or ConvNeXt, the same weights and input, timed side
+by side.
 
 Each (framework, mode) runs in a fresh worker process, so its thread pools, compile caches and
 peak memory are its own (importing MXNet, for one, drops PyTorch's OpenMP pool to 1 thread in
@@ -11,7 +12,8 @@ frameworks (the best counts: other load only lowers it): the fastest of the floa
 frameworks ship (MKL through ``torch.mm``, oneDNN through ``mkldnn_linear``, OpenBLAS through
 numpy), since MKL runs an AVX2 path on AMD CPUs, half the AVX-512 rate oneDNN reaches there.
 MACs per image come from the spec. A grouped 3x3 conv (ResNeXt's) is timed against a dense
-3x3 conv of the same MACs in each framework, and the load average is recorded with the figures.
+3x3 conv of the same MACs in each framework, whatever the network (a fixed case, not the spec's),
+and the load average is recorded with the figures.
 """
 
 from __future__ import annotations
@@ -29,20 +31,53 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..core.compare import EVAL_RTOL_CPU, compare, worst
-from ..core.spec import ARCHITECTURES, BottleneckSpec, ResNetSpec, architecture, resnet18_spec
+from ..core.spec import (
+    ARCHITECTURES,
+    BottleneckSpec,
+    ConvNeXtSpec,
+    Network,
+    ResNetSpec,
+    architecture,
+    resnet18_spec,
+)
 from ..core.state import load_state_file, random_state, save_state, write_text
 from .command import EXIT_MISMATCH, EXIT_OK, CliError, framework_list, load_backends, positive, progress_log
 from .registry import BACKEND_NAMES, framework_module, get_backend, install_hint
 
 KINDS = ("eager", "compiled")  # what --modes selects; each framework's bench.MODES maps its modes
 PARITY_RTOL = EVAL_RTOL_CPU
+FAMILIES = {"ResNetSpec": "ResNet", "ConvNeXtSpec": "ConvNeXt"}  # a spec's ``unit`` -> header word
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS")
 
 
-def conv_macs(spec: ResNetSpec, size: int) -> int:
-    """Multiply-accumulates of one image through the network (convs and the dense layer);
-    a grouped conv counts its ``in / groups`` inputs per output."""
+def conv_macs(spec: Network, size: int) -> int:
+    """Multiply-accumulates of one image through the network (convs and dense layers);
+    a grouped conv counts its ``in / groups`` inputs per output. Normalisation and activations
+    are not counted."""
+    if isinstance(spec, ConvNeXtSpec):
+        return _convnext_macs(spec, size)
+    return _resnet_macs(spec, size)
+
+
+def _convnext_macs(spec: ConvNeXtSpec, size: int) -> int:
+    """A ConvNeXt's: the patchify conv, each 2x2/2 downsampling conv, and per block the depthwise
+    conv and the two Linear layers at every pixel; then the classifier."""
+    h, p = size // spec.patch_size, spec.patch_size
+    macs = h * h * p * p * spec.in_channels * spec.widths[0]                 # stem.conv
+    cin = spec.widths[0]
+    for i, (c, depth) in enumerate(zip(spec.widths, spec.depths)):
+        if i:
+            h //= 2
+            macs += h * h * 2 * 2 * cin * c                                  # downsample.conv
+        block = spec.kernel_size ** 2 * c + 2 * spec.mlp_ratio * c * c     # dwconv, pwconv1, 2
+        macs += depth * h * h * block
+        cin = c
+    return macs + spec.widths[-1] * spec.num_classes
+
+
+def _resnet_macs(spec: ResNetSpec, size: int) -> int:
+    """A ResNet's (the stem, every block's convs and shortcut, the dense layer)."""
 
     def out(n: int, k: int, s: int) -> int:
         return (n + 2 * (k // 2) - k) // s + 1
@@ -227,7 +262,7 @@ _WORKERS: dict[str, Callable[[dict], dict]] = {"model": worker, "conv": conv_wor
 
 
 def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, threads: int,
-        warmup: int = 3, reps: int = 10, spec: Any = None, state: Optional[dict] = None,
+        warmup: int = 3, reps: int = 10, spec: Optional[Network] = None, state: Optional[dict] = None,
         timeout: float = 900.0, conv: bool = True, log: Callable[[str], None] = lambda m: None
         ) -> dict:
     """Benchmark every available (framework, mode), and with ``conv`` each framework's grouped
@@ -296,10 +331,15 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
             "machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "results": results}
 
 
+def family(spec: dict) -> str:
+    """What a report's header calls the network's family: ``ResNet`` or ``ConvNeXt``."""
+    return FAMILIES.get(spec.get("unit", ""), "ResNet")
+
+
 def format_report(report: dict) -> str:
     base = next((r for r in report["results"] if r.get("framework") == "torch"
                  and r.get("mode") == "eager" and "forward" in r), None)
-    lines = [f"ResNet {report['spec']['name']}, batch {report['batch']}, "
+    lines = [f"{family(report['spec'])} {report['spec']['name']}, batch {report['batch']}, "
              f"{report['size']}x{report['size']}, {report['threads']} thread(s); "
              f"{report['macs_per_image'] / 1e6:.1f} MMACs/image; float32 matmul peak "
              f"{report['matmul_peak_gflops']:.1f} GFLOP/s ({report['peak_how']})",
@@ -409,9 +449,9 @@ def run_bench(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``bench``."""
     b = sub.add_parser(
-        "bench", help="time the same ResNet in each framework and mode, side by side",
+        "bench", help="time the same ResNet or ConvNeXt in each framework and mode, side by side",
         description="Forward throughput, training-step throughput, batch-1 latency and peak "
-                    "memory of a ResNet (same weights, same input) in every framework and "
+                    "memory of a ResNet or ConvNeXt (same weights, same input) in every framework and "
                     "mode: PyTorch eager and torch.compile (channels-last, frozen weights for "
                     "inference); Keras eager, tf.function and XLA; Gluon imperative and "
                     "hybridized (static_alloc, static_shape, inference partitioned for oneDNN). "
