@@ -2,7 +2,9 @@
 
 Layouts: conv kernels ``(out, in, kh, kw)``, dense ``(out, in)``, BatchNorm ``gamma``, ``beta``,
 ``running_mean``, ``running_var``. Files are safetensors with the spec as JSON metadata, so a file
-alone rebuilds the model in any framework, and loading never runs code from the file.
+alone rebuilds the model in any framework, and loading never runs code from the file; the
+preprocessing the model was trained with, where known, sits beside the spec
+(:func:`read_preprocessing`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Collection, Iterator, Mapping, Union
+from typing import Collection, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
+from .preprocess import Preprocessing
 from .spec import Unit, param_shapes, spec_from_json
 
 State = dict[str, np.ndarray]
@@ -154,8 +157,10 @@ def write_text(path: Union[str, os.PathLike], text: str) -> Path:
     return Path(path)
 
 
-def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit) -> Path:
-    """Write ``state`` as safetensors with ``spec`` in its metadata, atomically.
+def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], spec: Unit,
+               preprocessing: Optional[Preprocessing] = None) -> Path:
+    """Write ``state`` as safetensors with ``spec`` (and ``preprocessing``, where given) in its
+    metadata, atomically.
 
     The file is written beside ``path`` under a temporary name and renamed into place, so an
     interrupted save never leaves a half-written file.
@@ -165,10 +170,34 @@ def save_state(path: Union[str, os.PathLike], state: Mapping[str, np.ndarray], s
     checked = validate_state(state, spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "spec": spec.to_json()}
+    if preprocessing is not None:
+        metadata["preprocessing"] = preprocessing.to_json()
     with atomic_write(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in checked.items()}, str(tmp),
-                  metadata={"format": FORMAT, "spec": spec.to_json()})
+                  metadata=metadata)
     return path
+
+
+def read_preprocessing(path: Union[str, os.PathLike]) -> Optional[Preprocessing]:
+    """The preprocessing stored in a :func:`save_state` file, or None where it stores none.
+
+    Raises ``ValueError`` naming the file when the file, or the stored preprocessing, is
+    unreadable.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            text = (f.metadata() or {}).get("preprocessing")
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if text is None:
+        return None
+    try:
+        return Preprocessing.from_json(text, source=f"stored in {Path(path).name}")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: stored preprocessing: {e}") from None
 
 
 def load_state_file(path: Union[str, os.PathLike], *, allow_nonfinite: bool = False

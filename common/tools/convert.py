@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from ..core.compare import EVAL_RTOL_CPU, Row, Section, compare, format_section
+from ..core.preprocess import preprocessing_file
 from ..core.spec import (
     ARCHITECTURES,
     NETWORKS,
@@ -328,6 +329,7 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
             dst_format: Optional[str] = None, spec_file: Optional[PathLike] = None,
             arch: Optional[str] = None, force: bool = False, verify_output: bool = True,
             allow_nonfinite: bool = False, allow_function_change: bool = False,
+            preprocess_file: Optional[PathLike] = None,
             size: int = 64, seed: int = 0, rtol: float = EVAL_RTOL_CPU,
             log: Log = _quiet) -> Conversion:
     """Convert the checkpoint ``src`` into ``dst`` (formats from the names, or ``src_format`` /
@@ -339,6 +341,10 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
     when a framework is missing. When the verification fails, or DST's code would compute
     another function (d2l's Keras chapter code from a PyTorch model, say) and
     ``allow_function_change`` is not given, nothing is written and the result says why.
+
+    The preprocessing SRC stores (a canonical file's, a Hugging Face ``preprocessor_config.json``),
+    or the one in ``preprocess_file``, travels into a DST format that stores it; where DST's
+    cannot, a note says so.
     """
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
@@ -354,6 +360,12 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
                    if a.dtype.kind == "f" and a.dtype != np.float32})
     if cast:
         notes.append(f"{'/'.join(cast)} tensors were cast to float32 (the canonical dtype)")
+    pre = (preprocessing_file(preprocess_file, num_inputs(spec)) if preprocess_file is not None
+           else ckpt.format.preprocessing(ckpt.path))
+    if pre is not None and not out_fmt.takes_preprocessing(pre):
+        notes.append(f"the preprocessing ({pre.describe()}) is not stored: "
+                     f"{out_fmt.description} has no place for it")
+        pre = None
     seconds = {"read": time.perf_counter() - t0}
     result = Conversion(ckpt, out_fmt, out_fmt.files(dst, writing=True), spec, source, False,
                         None, seconds, notes)
@@ -371,7 +383,8 @@ def convert(src: PathLike, dst: PathLike, *, src_format: Optional[str] = None,
     with Staging(out_fmt, dst, force) as staging:
         t = time.perf_counter()
         log(f"writing {dst} ({out_fmt.description}) ...")
-        out_fmt.write(staging.path, state, target)
+        out_fmt.write(staging.path, state, target,
+                      **({"preprocessing": pre} if pre is not None else {}))
         seconds["write"] = time.perf_counter() - t
         if verify_output:
             t = time.perf_counter()
@@ -591,6 +604,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(d2l's Keras chapter code pads 'same' and uses BatchNorm eps 1e-3; its "
                         "PyTorch and Gluon code pad symmetrically with eps 1e-5): the change is "
                         "measured and printed either way, and refused without this flag")
+    c.add_argument("--preprocess", metavar="FILE",
+                   help="how images become the model's input, stored with DST where its format "
+                        "has a place for it (canonical, hf): a transformers "
+                        "preprocessor_config.json; by default SRC's own, if it stores one")
     c.add_argument("--size", type=positive, default=64,
                    help="height and width of the verification input (64)")
     c.add_argument("--seed", type=int, default=0, help="seed of the verification input (0)")
@@ -622,7 +639,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                          dst_format=args.dst_format, spec_file=args.spec, arch=args.arch,
                          force=args.force, verify_output=args.verify,
                          allow_nonfinite=args.allow_nonfinite,
-                         allow_function_change=args.allow_function_change, size=args.size,
+                         allow_function_change=args.allow_function_change,
+                         preprocess_file=args.preprocess, size=args.size,
                          seed=args.seed, rtol=args.rtol, log=log)
     except (ValueError, BackendUnavailable, OSError) as e:
         raise CliError(one_line(e)) from None

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ...core.preprocess import Preprocessing
 from ...core.spec import ConvNeXtSpec, Layer, Unit, unit_name
 from ...core.state import State, check_tensors, publish, validate_state
 from ..registry import BackendUnavailable, install_hint
@@ -183,6 +184,7 @@ class Format(ABC):
     spec_origin: str = "the stored spec"  # where spec() finds it, for inspect's wording
     spec_inferred: bool = False  # spec() reads it off names and shapes: --spec/--arch override
     directory: bool = False   # a checkpoint is a directory of files (Hugging Face), not a file
+    carries_preprocessing: bool = False  # stores how images become input; write() takes it
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"
@@ -194,6 +196,16 @@ class Format(ABC):
     def spec(self, path: Path) -> Optional[Unit]:
         """The spec stored in the file, where the format stores one."""
         return None
+
+    def preprocessing(self, path: Path) -> Optional[Preprocessing]:
+        """How images become the model's input, where the format stores it (a canonical file's
+        metadata, a Hugging Face ``preprocessor_config.json``); formats that store it set
+        ``carries_preprocessing`` and take ``preprocessing=`` in :meth:`write`."""
+        return None
+
+    def takes_preprocessing(self, preprocessing: Preprocessing) -> bool:
+        """Whether :meth:`write` can store ``preprocessing``."""
+        return self.carries_preprocessing
 
     @abstractmethod
     def tensors(self, path: Path) -> dict[str, np.ndarray]:

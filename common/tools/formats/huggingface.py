@@ -35,6 +35,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from ...core.preprocess import Preprocessing, preprocessing_file
 from ...core.spec import ARCHITECTURES, NETWORKS, ConvNeXtSpec, Network, ResNetSpec, Unit, param_shapes
 from ...core.state import State, check_tensors, validate_state
 from ..registry import BackendUnavailable
@@ -346,6 +347,7 @@ class HuggingFace(Format):
 
     name, family, carries_spec, directory = "hf", "hf", True, True
     description = "Hugging Face ResNet or ConvNeXt directory (config.json + model.safetensors)"
+    carries_preprocessing = True
 
     def __init__(self, state_dict_reader: Format) -> None:
         self.state_dict_reader = state_dict_reader
@@ -398,6 +400,18 @@ class HuggingFace(Format):
         except ValueError as e:
             raise ValueError(f"{self.folder(path) / CONFIG}: {e}") from None
 
+    def preprocessing(self, path: Path) -> Optional[Preprocessing]:
+        """``preprocessor_config.json`` beside ``config.json``, as transformers' Pillow image
+        processor computes it (None where the directory has none)."""
+        file = self.folder(path) / PREPROCESSOR
+        if not file.is_file():
+            return None
+        return preprocessing_file(file, int(self.config(path).get("num_channels", 3)))
+
+    def takes_preprocessing(self, preprocessing: Preprocessing) -> bool:
+        """Everything but a channel reorder (BGR), which transformers' processors cannot say."""
+        return preprocessing.channels != "BGR"
+
     def tensors(self, path: Path) -> dict[str, np.ndarray]:
         weights = _existing_file(self.weights(path))
         if weights.suffix != ".safetensors":
@@ -432,9 +446,11 @@ class HuggingFace(Format):
         return _canonical(weights, {c: checked[k] for c, k in hf_keys(spec).items()}, spec,
                           allow_nonfinite)
 
-    def write(self, path: Path, state: State, spec: Unit) -> None:
+    def write(self, path: Path, state: State, spec: Unit,
+              preprocessing: Optional[Preprocessing] = None) -> None:
         """``config.json`` and ``model.safetensors`` (metadata ``format: pt``, as
-        ``save_pretrained`` writes it; ``num_batches_tracked`` 0) into the directory ``path``."""
+        ``save_pretrained`` writes it; ``num_batches_tracked`` 0) into the directory ``path``,
+        and ``preprocessor_config.json`` where ``preprocessing`` is given."""
         from safetensors.numpy import save_file
 
         if not isinstance(spec, NETWORKS):
@@ -447,6 +463,9 @@ class HuggingFace(Format):
         path.mkdir(exist_ok=True)
         save_file(out, str(path / SAFETENSORS), metadata={"format": "pt"})
         (path / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if preprocessing is not None:
+            (path / PREPROCESSOR).write_text(
+                json.dumps(preprocessing.to_hf(), indent=2, sort_keys=True) + "\n")
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -18,8 +18,16 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from ...core.preprocess import Preprocessing
 from ...core.spec import NETWORKS, ConvNeXtSpec, Unit, num_inputs, param_shapes, spec_from_dict, unit_name
-from ...core.state import State, check_tensors, read_state_file, save_state, validate_state
+from ...core.state import (
+    State,
+    check_tensors,
+    read_preprocessing,
+    read_state_file,
+    save_state,
+    validate_state,
+)
 from ...core.trace import resolve
 from ..registry import get_backend
 from .base import (
@@ -46,9 +54,13 @@ from .base import (
 class Canonical(Format):
     name, family, suffixes, carries_spec = "canonical", "canonical", (".safetensors",), True
     description = "canonical safetensors (common.save_state; the spec in its metadata)"
+    carries_preprocessing = True
 
     def spec(self, path: Path) -> Unit:
         return read_state_file(path)[1]
+
+    def preprocessing(self, path: Path) -> Optional[Preprocessing]:
+        return read_preprocessing(path)
 
     def tensors(self, path: Path) -> dict[str, np.ndarray]:
         return read_state_file(path)[0]
@@ -58,8 +70,9 @@ class Canonical(Format):
         raw = self.tensors(path) if tensors is None else tensors
         return _canonical(path, raw, spec, allow_nonfinite)
 
-    def write(self, path: Path, state: State, spec: Unit) -> None:
-        save_state(path, state, spec)
+    def write(self, path: Path, state: State, spec: Unit,
+              preprocessing: Optional[Preprocessing] = None) -> None:
+        save_state(path, state, spec, preprocessing)
 
 
 class TorchStateDict(Format):
