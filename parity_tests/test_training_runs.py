@@ -1,5 +1,6 @@
 """``resnet-parity train``: d2l's recipe in each framework on the built-in digits, the
-same-init comparison, checkpoints that cross frameworks, and Ctrl-C safety."""
+same-init comparison, checkpoints that cross frameworks, Ctrl-C safety, and colour data
+(CIFAR-10's four vehicle classes, written here in its binary format)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,26 @@ import json
 import numpy as np
 import pytest
 
-from common import BACKEND_NAMES, compare, get_backend, load_state_file, resnet18_spec, worst, xavier_state
+from common import (
+    BACKEND_NAMES,
+    compare,
+    get_backend,
+    load_state_file,
+    resnet18_spec,
+    worst,
+    xavier_state,
+)
 from common.core.compare import global_floor
 from common.core.data import ImageData, Split, load_builtin
+from common.core.spec import ARCHITECTURES, architecture, param_shapes
 from common.core.step_parity import tolerance
-from common.tools.training_runs import TrainConfig, train
+from common.tools.training_runs import TrainConfig, initial_state, train
 
 from .conftest import backend_or_skip
 
 # A short run of the d2l recipe on the built-in digits: ResNet-18, SGD lr 0.05, 32x32 images,
-# batch 64, 2 epochs. Measured test accuracy: torch 0.944, tf 0.958, mxnet 0.953.
+# batch 64, 2 epochs. Measured test accuracy: torch 0.944, tf 0.958, mxnet 0.953 (AMD EPYC);
+# 0.877, 0.953, 0.953 (Intel Xeon): the runs drift apart from the third step on.
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=32, seed=0)
 MIN_TEST_ACC = 0.85
 
@@ -58,7 +69,11 @@ def test_each_framework_learns(runs):
 
 def test_same_init_runs_start_together(runs):
     """Same initial state, same batches: the first step's loss agrees to float32 rounding; from
-    the second on, float32 BatchNorm training drifts (measured 8e-4 at step 2, lr 0.05)."""
+    the second on, float32 BatchNorm training drifts (measured 8e-4 at step 2, lr 0.05), and
+    by step 3 the losses are 4-7% apart. Where the runs end after two epochs is then a draw,
+    not a property of a framework: test accuracy torch / tf / mxnet 0.944 / 0.958 / 0.953 on
+    an AMD EPYC, 0.877 / 0.953 / 0.953 on an Intel Xeon, so no gap is asserted here (each
+    framework learning is, in ``test_each_framework_learns``)."""
     by_name, _, _ = runs
     names = list(by_name)
     steps = {n: by_name[n].history[0].step_losses for n in names}
@@ -67,8 +82,6 @@ def test_same_init_runs_start_together(runs):
     for n in names[1:]:
         assert abs(steps[n][0] - ref[0]) <= tolerance("loss") * ref[0]
         assert abs(steps[n][1] - ref[1]) <= 1e-2 * ref[1]
-    finals = [r.history[-1].test_acc for r in by_name.values()]
-    assert max(finals) - min(finals) <= 0.05
 
 
 def test_files_of_a_run(runs):
@@ -180,6 +193,10 @@ def test_train_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "torch epoch 1: loss" in out and "metrics.json" in out
     checkpoint = tmp_path / "torch" / "resnet18.safetensors"
+    from common.core.state import read_preprocessing
+    pre = read_preprocessing(checkpoint)  # what predict and levels will feed it
+    assert (pre.size, pre.channels, pre.resample, pre.rescale) == ((16, 16), "L", "bilinear",
+                                                                   1 / 255)
     code = main(["train", "--framework", "torch", "--epochs", "1", "--batch-size", "128",
                  "--resize", "16", "--out", str(tmp_path / "again"), "--init", str(checkpoint),
                  "-q"])
@@ -213,3 +230,94 @@ def test_train_cli_trains_a_member_of_the_family(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--arch", "resnet51"])
     assert "invalid choice: 'resnet51'" in capsys.readouterr().err
+
+
+# -- colour data: CIFAR-10's four vehicle classes --------------------------------------------
+
+VEHICLES = ("airplane", "automobile", "ship", "truck")  # the seeds' labels 0..3
+
+
+def test_every_member_takes_the_data_channels_and_labels():
+    for name in ARCHITECTURES:
+        spec = architecture(name, in_channels=3, num_classes=4, labels=VEHICLES)
+        assert (spec.in_channels, spec.num_classes, spec.labels) == (3, 4, VEHICLES), name
+        assert param_shapes(spec)["stem.conv.weight"][1] == 3, name
+
+
+def test_an_init_file_without_labels_takes_the_data_labels(tmp_path):
+    from common import save_state
+    labelled = resnet18_spec(in_channels=3, num_classes=4, labels=VEHICLES)
+    bare = resnet18_spec(in_channels=3, num_classes=4)
+    save_state(tmp_path / "bare.safetensors", xavier_state(bare, 1), bare)
+    state = initial_state(labelled, TrainConfig(init=str(tmp_path / "bare.safetensors")))
+    assert np.array_equal(state["head.fc.weight"], xavier_state(bare, 1)["head.fc.weight"])
+    other = resnet18_spec(in_channels=3, num_classes=4, labels=("a", "b", "c", "d"))
+    save_state(tmp_path / "other.safetensors", xavier_state(other, 1), other)
+    with pytest.raises(ValueError, match="other.safetensors: holds"):
+        initial_state(labelled, TrainConfig(init=str(tmp_path / "other.safetensors")))
+
+
+def write_tiny_cifar(directory):
+    """CIFAR-10's binary files, written here by the format: one image of each class in each of
+    the five train batches and two in the test batch. Image (c, k) has red plane 100 + c,
+    green 10 c + k (k: the batch, 7 in the test batch) and a blue gradient."""
+    directory.mkdir()
+
+    def record(c, k):
+        y = np.arange(32, dtype=np.uint8)[:, None].repeat(32, 1)
+        planes = [np.full((32, 32), 100 + c), np.full((32, 32), 10 * c + k), 4 * y]
+        return bytes([c]) + b"".join(p.astype(np.uint8).tobytes() for p in planes)
+    for k in range(1, 6):
+        (directory / f"data_batch_{k}.bin").write_bytes(b"".join(record(c, k) for c in range(10)))
+    (directory / "test_batch.bin").write_bytes(b"".join(record(c, 7) for c in list(range(10)) * 2))
+    (directory / "batches.meta.txt").write_text(
+        "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n")
+    return directory
+
+
+def test_train_cli_on_four_cifar10_classes(tmp_path, capsys, monkeypatch, installed):
+    """`--data DIR --classes airplane,automobile,ship,truck`: every framework's loop sees those
+    classes alone, labelled 0..3 in that order, as 3-channel images, and writes a checkpoint
+    whose spec has in_channels 3, 4 classes and their names."""
+    if not installed:
+        pytest.skip("needs a framework")
+    framework = "all" if len(installed) == len(BACKEND_NAMES) else installed[0]
+    names = list(BACKEND_NAMES) if framework == "all" else [framework]
+    data_dir = write_tiny_cifar(tmp_path / "cifar-10-batches-bin")
+    seen = []
+    real = ImageData.batch
+
+    def spy(self, indices):
+        x, y = real(self, indices)
+        seen.append((x, y))
+        return x, y
+    monkeypatch.setattr(ImageData, "batch", spy)
+    from common.tools.cli import main
+    code = main(["train", "--framework", framework, "--data", str(tmp_path), "--classes",
+                 ",".join(VEHICLES), "--epochs", "1", "--batch-size", "8", "--resize", "32",
+                 "--out", str(tmp_path / "out"), "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "20 train / 8 test images (3 channels)" in out
+    new_label = {0: 0, 1: 1, 8: 2, 9: 3}  # CIFAR-10's airplane, automobile, ship, truck
+    images = {"train": [], "test": []}
+    for x, y in seen:
+        assert x.shape[1:] == (3, 32, 32)
+        red, green = np.rint(x[:, 0, 0, 0] * 255).astype(int), np.rint(x[:, 1, 0, 0] * 255)
+        assert [new_label[c] for c in red - 100] == y.tolist()
+        assert (green // 10 == red - 100).all()
+        for c, k in zip(red - 100, green.astype(int) % 10):
+            images["test" if k == 7 else "train"].append((int(c), int(k)))
+    assert sorted(images["train"]) == sorted([(c, k) for c in new_label for k in range(1, 6)]
+                                             * len(names))
+    assert sorted(images["test"]) == sorted([(c, 7) for c in new_label] * 2 * len(names))
+    for name in names:
+        _, spec = load_state_file(tmp_path / "out" / name / "resnet18.safetensors")
+        assert (spec.in_channels, spec.num_classes, spec.labels) == (3, 4, VEHICLES)
+        metrics = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
+        assert metrics["spec"]["labels"] == list(VEHICLES) and len(metrics["epochs"]) == 1
+    assert data_dir.is_dir()
+    code = main(["train", "--data", f"cifar10:{data_dir}", "--classes", "airplane,plane",
+                 "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no class 'plane'" in err
+    assert "airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck" in err

@@ -15,7 +15,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,8 +23,22 @@ import numpy as np
 
 from ..core.backend import BaseBackend
 from ..core.compare import compare, global_floor, worst
-from ..core.data import DataError, Dataset, ImageData, fetch_fashion_mnist, load, load_fashion_mnist
-from ..core.spec import ARCHITECTURES, ResNetSpec, architecture
+from ..core.data import (
+    CIFAR10_URL,
+    FASHION_MNIST_URL,
+    SOURCES_HELP,
+    DataError,
+    Dataset,
+    ImageData,
+    fetch_cifar10,
+    fetch_fashion_mnist,
+    load,
+    load_cifar10,
+    load_fashion_mnist,
+    parse_classes,
+)
+from ..core.preprocess import Preprocessing, d2l_preprocessing
+from ..core.spec import ARCHITECTURES, ResNetSpec, architecture, num_inputs
 from ..core.state import State, load_state_file, save_state, write_text, xavier_state
 from .command import EXIT_OK, CliError, load_backends, positive
 from .formats import FAMILIES, Format, Staging
@@ -61,10 +75,13 @@ class Epoch:
 
 
 def initial_state(spec: ResNetSpec, cfg: TrainConfig) -> State:
+    """Xavier-uniform from the seed, or the state of the ``--init`` file, whose spec must be
+    ``spec`` (a file whose spec names no labels takes the data's)."""
     if cfg.init == "xavier":
         return xavier_state(spec, cfg.seed)
     state, file_spec = load_state_file(cfg.init)
-    if file_spec != spec:
+    unlabelled = getattr(file_spec, "labels", None) == () and file_spec == replace(spec, labels=())
+    if file_spec != spec and not unlabelled:
         raise ValueError(f"{cfg.init}: holds {file_spec}, the data needs {spec}")
     return state
 
@@ -109,6 +126,12 @@ class Run:
         return result
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """What the model was trained on, stored with the checkpoint for ``predict`` and
+        ``levels``: the image resized to ``--resize``, scaled to [0, 1]."""
+        return d2l_preprocessing(self.cfg.resize, "L" if num_inputs(self.spec) == 1 else "RGB")
+
+    @property
     def native_format(self) -> Format:
         """The framework's own checkpoint format, the one ``convert`` writes for it."""
         return FAMILIES[self.name][0]
@@ -124,7 +147,7 @@ class Run:
     def save(self) -> None:
         """Checkpoints and metrics of the last complete epoch, each file written atomically."""
         state = self.be.export_state(self.model)
-        save_state(self.checkpoint, state, self.spec)
+        save_state(self.checkpoint, state, self.spec, self.preprocessing)
         fmt = self.native_format
         with Staging(fmt, self.native, force=True) as staged:
             fmt.write(staged.path, state, self.spec)
@@ -195,12 +218,14 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
     """
     from tqdm.auto import tqdm
 
-    spec = architecture(cfg.arch, in_channels=1, num_classes=len(data.classes))
+    spec = architecture(cfg.arch, in_channels=data.channels, num_classes=len(data.classes),
+                        labels=tuple(data.classes))
     state = initial_state(spec, cfg)
     train_data, test_data = ImageData(data.train, cfg.resize), ImageData(data.test, cfg.resize)
     out.mkdir(parents=True, exist_ok=True)
     runs = [Run(name, spec, state, train_data, test_data, cfg, out) for name in frameworks]
-    print_fn(f"{data.name}: {len(train_data)} train / {len(test_data)} test images resized to "
+    print_fn(f"{data.name}: {len(train_data)} train / {len(test_data)} test images "
+             f"({'grey' if data.channels == 1 else f'{data.channels} channels'}) resized to "
              f"{cfg.resize}x{cfg.resize}; {spec.name}, init {cfg.init}, SGD lr {cfg.lr}, "
              f"batch {cfg.batch_size}, {cfg.epochs} epochs; writing to {out}")
     comparison: list[dict] = []
@@ -258,7 +283,7 @@ def run_train(args: argparse.Namespace) -> int:
     if skipped:
         raise CliError("; ".join(skipped.values()))
     try:
-        data = load(args.data)
+        data = load(args.data, parse_classes(args.classes) if args.classes else None)
     except DataError as e:
         raise CliError(str(e)) from None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -290,16 +315,20 @@ def run_data(args: argparse.Namespace) -> int:
         bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, unit="B", unit_scale=True,
                                                            desc=name, file=sys.stderr))
         bar.update(done - bar.n)
+    mirror = {"base_url": args.url} if args.url else {}
     try:
-        paths = fetch_fashion_mnist(args.dir, progress=progress,
-                                    **({"base_url": args.url} if args.url else {}))
-        data = load_fashion_mnist(args.dir)
+        if args.dataset == "cifar10":
+            paths = [fetch_cifar10(args.dir, progress=progress, **mirror)]
+            data = load_cifar10(args.dir)
+        else:
+            paths = fetch_fashion_mnist(args.dir, progress=progress, **mirror)
+            data = load_fashion_mnist(args.dir)
     except DataError as e:
         raise CliError(str(e)) from None
     finally:
         for bar in bars.values():
             bar.close()
-    print(f"fashion-mnist: {len(data.train)} train and {len(data.test)} test images, md5 "
+    print(f"{args.dataset}: {len(data.train)} train and {len(data.test)} test images, md5 "
           f"verified: {', '.join(p.name for p in paths)} in {args.dir}")
     return EXIT_OK
 
@@ -319,9 +348,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--framework", default="torch",
                     choices=["torch", "tf", "mxnet", "all", "pytorch", "keras", "gluon"],
                     help="which framework (torch), or all three side by side")
-    tr.add_argument("--data", default="builtin", metavar="DIR|builtin",
-                    help="a directory with the four Fashion-MNIST .gz files (see `resnet-parity "
-                         "data`), or builtin: scikit-learn's 8x8 digits, no download (default)")
+    tr.add_argument("--data", default="builtin", metavar="SOURCE",
+                    help="the data set (default builtin): " + SOURCES_HELP + " (e.g. "
+                         "cifar10:DIR). `resnet-parity data` fetches Fashion-MNIST and CIFAR-10")
+    tr.add_argument("--classes", default=None, metavar="NAME,NAME,...",
+                    help="train on these classes alone, labelled 0, 1, ... in the order given "
+                         "(e.g. airplane,automobile,ship,truck of CIFAR-10); default: all")
     tr.add_argument("--epochs", type=positive, default=10, help="epochs (10)")
     tr.add_argument("--batch-size", type=positive, default=256, help="batch size (256)")
     tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (0.05)")
@@ -331,20 +363,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="Xavier-uniform (d2l's init_cnn, default) or a canonical safetensors file")
     tr.add_argument("--seed", type=int, default=0, help="seed for init and batch order (0)")
     tr.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME", default="resnet18",
-                    help="the network, 1 input channel and the data's classes (resnet18, d2l's; "
+                    help="the network, with the data's channels and classes (resnet18, d2l's; "
                          "the small members train in minutes on a CPU): " + ", ".join(ARCHITECTURES))
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=run_train)
 
     d = sub.add_parser(
-        "data", help="download a data set (fashion-mnist) and verify it",
-        description="Download the four Fashion-MNIST files into DIR, verify their md5 "
-                    "checksums and write each atomically; files already there and intact are "
-                    "kept.")
-    d.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+        "data", help="download a data set (fashion-mnist, cifar10) and verify it",
+        description="Download a data set into DIR, verify its md5 checksums and write each file "
+                    "atomically; files already there and intact are kept. fashion-mnist: the "
+                    "four IDX .gz files. cifar10: CIFAR-10's binary version, "
+                    "cifar-10-binary.tar.gz (162 MB), which `train --data DIR` reads as it is, "
+                    "nothing extracted.")
+    d.add_argument("dataset", choices=["fashion-mnist", "cifar10"], help="the data set")
     d.add_argument("dir", metavar="DIR", help="where to put the files")
-    d.add_argument("--url", default=None, help="mirror to download from (default: the "
-                   "Fashion-MNIST S3 bucket torchvision uses)")
+    d.add_argument("--url", default=None, metavar="URL",
+                   help=f"mirror to download from, the folder the files are in (default: "
+                        f"{FASHION_MNIST_URL}, the Fashion-MNIST S3 bucket torchvision uses; for "
+                        f"cifar10, {CIFAR10_URL}, the CIFAR page's)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=run_data)
 
