@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import bench, check, convert, predict, training_runs, traps
+from . import bench, check, convert, levels, predict, training_runs, traps
 from .command import EXIT_OK, EXIT_USAGE, CliError
 
 # In the order ``resnet-parity --help`` lists them.
-COMMANDS = (check, traps, training_runs, bench, convert, predict)
+COMMANDS = (check, traps, training_runs, bench, convert, predict, levels)
 
 
 def build_parser() -> argparse.ArgumentParser:
