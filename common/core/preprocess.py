@@ -38,7 +38,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # keras.applications.resnet's preprocess_input, mode "caffe": RGB -> BGR, minus the ImageNet
 # means in BGR order on the 0..255 scale, no scaling.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# what an image file is named (torchvision's IMG_EXTENSIONS, and .webp), in any case
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
+                  ".tiff")
 
 
 class ImageError(ValueError):
