@@ -207,6 +207,9 @@ def format_levels(r: Levels) -> str:
             if len(fws) > 1:
                 row += f"{c.agree_top1:>13.3f}{c.max_score_diff:>16.2e}"
             lines.append(row)
+        if not m.cells:
+            lines.append("  no level finished")
+            continue
         lines.append(f"  first failure (accuracy < {r.fail_below:g}), the easiest level it fails at:")
         for fw in fws:
             fails = {c: m.first_failure(fw, c, r.fail_below) for c in r.corruptions}
