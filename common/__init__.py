@@ -7,6 +7,7 @@ framework package only when one is asked for. ``docs/architecture.md`` describes
 
 from .core.backend import BaseBackend, Convention, SGDConfig
 from .core.compare import EVAL_RTOL_CPU, EVAL_RTOL_GPU, Row, compare, diff, format_rows, worst
+from .core.preprocess import Preprocessing
 from .core.spec import (
     ARCHITECTURES,
     BottleneckSpec,
@@ -25,7 +26,15 @@ from .core.spec import (
     spec_from_json,
     torchvision_resnet18_spec,
 )
-from .core.state import State, load_state_file, random_state, save_state, validate_state, xavier_state
+from .core.state import (
+    State,
+    load_state_file,
+    random_state,
+    read_preprocessing,
+    save_state,
+    validate_state,
+    xavier_state,
+)
 from .core.trace import activation_names
 from .tools.registry import (
     BACKEND_NAMES,
@@ -39,7 +48,8 @@ __all__ = [
     "activation_names", "architecture", "ARCHITECTURES", "BACKEND_NAMES", "BackendUnavailable",
     "BaseBackend", "BottleneckSpec", "canonical_name", "ConvNeXtSpec", "compare", "Convention", "diff",
     "EVAL_RTOL_CPU", "EVAL_RTOL_GPU", "format_rows", "get_backend", "install_hint", "Layer",
-    "load_state_file", "num_inputs", "num_outputs", "param_shapes", "random_state",
+    "load_state_file", "num_inputs", "num_outputs", "param_shapes", "Preprocessing", "random_state",
+    "read_preprocessing",
     "ResidualSpec", "resnet18_spec", "ResnetBlockSpec", "ResNetSpec", "Row", "save_state",
     "SGDConfig", "spec_from_dict", "spec_from_json", "State", "torchvision_resnet18_spec", "Unit",
     "validate_state", "worst", "xavier_state",
