@@ -557,13 +557,9 @@ class ImageData:
         """Images ``(n, C, H, W)`` float32 in [0, 1] and their int64 labels."""
         idx = np.asarray(indices, dtype=np.int64)
         images, s = self.split.images, self.resize
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            x = resize_bilinear(images[idx], s) / np.float32(255.0)
-            return x[:, None], self.split.labels[idx]
         if isinstance(images, np.ndarray):
-            n, h, w, c = len(idx), *images.shape[1:]
-            planes = images[idx].transpose(0, 3, 1, 2).reshape(n * c, h, w)
-            x = resize_bilinear(planes, s).reshape(n, c, s, s)
+            x = resize_bilinear(images[idx], s)
+            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
         else:
             x = np.stack([resize_bilinear(_planes(images[i]), s) for i in idx]) if len(idx) else \
                 np.zeros((0, *self.shape), np.float32)

@@ -388,7 +388,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="builtin", metavar="D",
                    help="builtin (scikit-learn's digits), a Fashion-MNIST or CIFAR-10 directory, "
                         "or a folder of class subfolders (as for train)")
-    p.add_argument("--classes", type=label_list, metavar="A,B,...",
+    p.add_argument("--classes", metavar="A,B,...",
                    help="a subset of the data's classes, e.g. airplane,automobile,ship,truck")
     p.add_argument("--corruptions", type=corruption_list, default=list(DEFAULT_CORRUPTIONS),
                    metavar="C,...", help=f"which ({','.join(DEFAULT_CORRUPTIONS)}); all: "

@@ -35,7 +35,6 @@ from ..core.data import (
     load,
     load_cifar10,
     load_fashion_mnist,
-    parse_classes,
 )
 from ..core.preprocess import Preprocessing, d2l_preprocessing
 from ..core.spec import ARCHITECTURES, ResNetSpec, architecture, num_inputs
@@ -283,7 +282,7 @@ def run_train(args: argparse.Namespace) -> int:
     if skipped:
         raise CliError("; ".join(skipped.values()))
     try:
-        data = load(args.data, parse_classes(args.classes) if args.classes else None)
+        data = load(args.data, args.classes)
     except DataError as e:
         raise CliError(str(e)) from None
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
