@@ -52,7 +52,8 @@ class Backend(BaseBackend):
     name = "mxnet"
     convention = Convention(running_var="biased", updated_in="backward")
 
-    def _build(self, unit: Unit, dtype: str) -> gluon.HybridBlock:
+    def _build(self, unit: Unit, dtype: str, precision: str = "float32") -> gluon.HybridBlock:
+        _amp(precision, dtype)
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
         elif isinstance(unit, ConvNeXtSpec):
@@ -104,7 +105,7 @@ class Backend(BaseBackend):
 
     def _forward(self, model: gluon.Block, x: np.ndarray, training: bool, device: str
                  ) -> np.ndarray:
-        return model(mx.nd.array(x, ctx=_device(device), dtype=x.dtype)).asnumpy()
+        return _numpy(model(mx.nd.array(x, ctx=_device(device), dtype=x.dtype)))
 
     def _loss(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, device: str,
               mean: bool) -> mx.nd.NDArray:
@@ -113,6 +114,8 @@ class Backend(BaseBackend):
         with autograd.record(train_mode=True):
             out = model(mx.nd.array(x, ctx=ctx, dtype=x.dtype))
             logits = out.mean(axis=(2, 3)) if out.ndim == 4 else out  # a lone block: pool H, W
+            if logits.dtype not in (np.float32, np.float64):  # AMP's bfloat16: loss in float32
+                logits = logits.astype("float32")
             loss = _CROSS_ENTROPY(logits, mx.nd.array(y, ctx=ctx, dtype=x.dtype))
             return loss.mean() if mean else loss
 
@@ -124,11 +127,16 @@ class Backend(BaseBackend):
 
     def _sgd_step(self, model: gluon.Block, x: np.ndarray, y: np.ndarray, hyper: SGDConfig,
                   device: str) -> float:
-        trainer = self._optimizer(model, hyper, lambda: gluon.Trainer(
-            model.collect_params(), "sgd",
-            {"learning_rate": hyper.lr, "momentum": hyper.momentum, "wd": hyper.weight_decay}))
+        trainer = self._optimizer(model, hyper, lambda: _trainer(model, hyper))
         loss = self._loss(model, x, y, device, mean=False)
-        loss.backward()  # the sum over the batch; step(batch_size) rescales it to the mean
+        # the sum over the batch; step(batch_size) rescales it to the mean
+        if self.precision_of(model) == "float16":  # AMP's loss scaling for float16 gradients
+            from mxnet.contrib import amp
+            with autograd.record(train_mode=True), amp.scale_loss(loss, trainer) as scaled:
+                pass
+            scaled.backward()
+        else:
+            loss.backward()
         trainer.step(x.shape[0])
         return float(loss.mean().asscalar())
 
@@ -154,7 +162,10 @@ class _Ops(ModelOps):
         return mx.nd.relu(x)
 
     def to_numpy(self, x: mx.nd.NDArray) -> np.ndarray:
-        return x.asnumpy()
+        return _numpy(x)
+
+    def dtype(self, x: mx.nd.NDArray) -> str:
+        return _dtype_name(x.dtype)
 
     def channels_last(self, x: mx.nd.NDArray) -> mx.nd.NDArray:
         return mx.nd.transpose(x, axes=(0, 2, 3, 1))
@@ -164,6 +175,53 @@ class _Ops(ModelOps):
 
 
 _CROSS_ENTROPY = gluon.loss.SoftmaxCrossEntropyLoss()
+
+
+def _trainer(model: gluon.Block, hyper: SGDConfig) -> gluon.Trainer:
+    """Gluon's SGD trainer; under float16 AMP, with AMP's dynamic loss scaling."""
+    trainer = gluon.Trainer(model.collect_params(), "sgd", {
+        "learning_rate": hyper.lr, "momentum": hyper.momentum, "wd": hyper.weight_decay})
+    if _AMP == ["float16"]:
+        from mxnet.contrib import amp
+        amp.init_trainer(trainer)
+    return trainer
+
+# MXNet's mixed precision is AMP, and ``amp.init`` is process-wide and final: it rewrites the
+# operators of mx.nd and mx.sym, so from then on every float32 Convolution and FullyConnected
+# in the process computes in the target dtype. The backend therefore refuses a float32 model
+# once AMP is on, rather than hand back one that silently is not. float64 is left alone.
+_AMP: list[str] = []
+
+
+def _amp(precision: str, dtype: str) -> None:
+    """Turn AMP on for ``precision`` (bfloat16, float16) once per process, or check that a
+    float32 model can still compute in float32 here."""
+    if precision == "float32":
+        if _AMP and dtype == "float32":
+            raise RuntimeError(f"MXNet AMP ({_AMP[0]}) is on in this process; a float32 Gluon "
+                               "model would compute in it. Build float32 models in another "
+                               "process")
+        return
+    if _AMP and _AMP[0] != precision:
+        raise RuntimeError(f"MXNet AMP is on for {_AMP[0]} in this process; it cannot switch "
+                           f"to {precision}")
+    if not _AMP:
+        from mxnet.contrib import amp
+        amp.init(target_dtype=precision)
+        _AMP.append(precision)
+
+
+def _dtype_name(dtype: object) -> str:
+    """MXNet's bfloat16 is a numpy record type (``[('bfloat16', '<u2')]``); the rest are numpy's."""
+    names = np.dtype(dtype).names
+    return names[0] if names else np.dtype(dtype).name
+
+
+def _numpy(x: mx.nd.NDArray) -> np.ndarray:
+    """An NDArray as numpy: float32 and float64 as they are, AMP's bfloat16 as float32."""
+    if _dtype_name(x.dtype) not in ("float32", "float64"):
+        x = x.astype("float32")
+    return x.asnumpy()
 
 
 def _device(device: str) -> mx.Context:

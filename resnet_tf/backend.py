@@ -52,7 +52,11 @@ class Backend(BaseBackend):
             raise RuntimeError(f"resnet_tf needs Keras on TensorFlow; KERAS_BACKEND is "
                                f"{keras.backend.backend()!r}")
 
-    def _build(self, unit: Unit, dtype: str) -> keras.layers.Layer:
+    def _build(self, unit: Unit, dtype: str, precision: str = "float32") -> keras.layers.Layer:
+        # mixed precision the Keras way: a dtype policy, float32 variables, float16/bfloat16
+        # compute; a layer's policy is fixed when it is made
+        if precision != "float32":
+            dtype = f"mixed_{precision}"
         if isinstance(unit, ResNetSpec):
             return ResNet(unit, dtype=dtype)
         if isinstance(unit, ConvNeXtSpec):
@@ -94,17 +98,23 @@ class Backend(BaseBackend):
 
     def _forward(self, model: keras.layers.Layer, x: np.ndarray, training: bool,
                  device: str) -> np.ndarray:
-        return nchw(model(nhwc(x), training=training))
+        return nchw(_wide(model(nhwc(x), training=training)))
 
-    def _loss_and_grads_tf(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray
-                           ) -> tuple[tf.Tensor, list, list]:
+    def _loss_and_grads_tf(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray,
+                           opt: Any = None) -> tuple[tf.Tensor, list, list]:
+        """Loss, variables and gradients; with a LossScaleOptimizer ``opt``, the gradients of
+        its scaled loss (its ``apply_gradients`` unscales them)."""
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
             out = model(nhwc(x), training=True)
             logits = keras.ops.mean(out, axis=(1, 2)) if len(out.shape) == 4 else out
+            # under a mixed policy the logits are float16/bfloat16; Keras's guide takes the
+            # loss in float32
             loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
-                y, logits, from_logits=True))
-        return loss, variables, tape.gradient(loss, variables)
+                y, _wide(logits), from_logits=True))
+            scaled = opt.scale_loss(loss) if opt is not None else loss
+        grads = tape.gradient(scaled, variables)
+        return loss, variables, grads
 
     def _loss_and_grads(self, model: keras.layers.Layer, x: np.ndarray, y: np.ndarray,
                         device: str) -> float:
@@ -117,11 +127,12 @@ class Backend(BaseBackend):
         # Keras's own weight_decay is decoupled (w -= lr * wd * w outside the momentum buffer);
         # PyTorch's and Gluon's is L2 coupled into the gradient. The same trajectory comes from
         # adding wd * w to the gradient, which is what this does (README: weight decay).
-        opt = self._optimizer(model, hyper, lambda: keras.optimizers.SGD(
-            learning_rate=hyper.lr, momentum=hyper.momentum))
-        loss, variables, grads = self._loss_and_grads_tf(model, x, y)
-        if hyper.weight_decay:
-            grads = [g + hyper.weight_decay * v for g, v in zip(grads, variables)]
+        opt = self._optimizer(model, hyper, lambda: _sgd(hyper, model))
+        scaling = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+        loss, variables, grads = self._loss_and_grads_tf(model, x, y, opt if scaling else None)
+        if hyper.weight_decay:  # in the scaled gradients' units where the loss is scaled
+            wd = opt.scale_loss(hyper.weight_decay) if scaling else hyper.weight_decay
+            grads = [g + keras.ops.cast(wd, v.dtype) * v for g, v in zip(grads, variables)]
         opt.apply_gradients(zip(grads, variables))
         return float(loss)
 
@@ -150,13 +161,30 @@ class _Ops(ModelOps):
         return keras.ops.relu(x)
 
     def to_numpy(self, x: tf.Tensor) -> np.ndarray:
-        return nchw(x)
+        return nchw(_wide(x))
+
+    def dtype(self, x: tf.Tensor) -> str:
+        return x.dtype.name
 
     def channels_last(self, x: tf.Tensor) -> tf.Tensor:
         return x  # NHWC already
 
     def channels_first(self, x: tf.Tensor) -> tf.Tensor:
         return x  # stays NHWC inside Keras; to_numpy turns it NCHW
+
+
+def _sgd(hyper: SGDConfig, model: keras.layers.Layer) -> keras.optimizers.Optimizer:
+    """Keras's SGD; under a mixed_float16 policy wrapped in its LossScaleOptimizer, as Keras's
+    mixed-precision guide prescribes (float16 gradients underflow without loss scaling)."""
+    sgd = keras.optimizers.SGD(learning_rate=hyper.lr, momentum=hyper.momentum)
+    if model.dtype_policy.compute_dtype == "float16":
+        return keras.optimizers.LossScaleOptimizer(sgd)
+    return sgd
+
+
+def _wide(x: tf.Tensor) -> tf.Tensor:
+    """float16 and bfloat16 tensors (a mixed policy's compute dtype) as float32."""
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
 
 
 def _device(device: str) -> str:

@@ -8,6 +8,7 @@ PyTorch already speaks the canonical layouts (NCHW activations, conv kernels
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -46,7 +47,12 @@ class Backend(BaseBackend):
     name = "torch"
     convention = Convention(running_var="unbiased", updated_in="forward")
 
-    def _build(self, unit: Unit, dtype: str) -> nn.Module:
+    def __init__(self) -> None:
+        super().__init__()
+        self._scalers: "weakref.WeakKeyDictionary[nn.Module, torch.amp.GradScaler]" = (
+            weakref.WeakKeyDictionary())
+
+    def _build(self, unit: Unit, dtype: str, precision: str = "float32") -> nn.Module:
         if isinstance(unit, ResNetSpec):
             model = ResNet(unit)
         elif isinstance(unit, ConvNeXtSpec):
@@ -85,20 +91,24 @@ class Backend(BaseBackend):
             parity_mode()
         model.to(_device(device))
         model.train(training)
+        precision = self.precision_of(model)
+        # mixed precision the PyTorch way: float32 weights, autocast picks each op's dtype
+        autocast = (torch.autocast(_device(device).type, dtype=getattr(torch, precision))
+                    if precision != "float32" else contextlib.nullcontext())
         try:
-            with torch.set_grad_enabled(training):
+            with torch.set_grad_enabled(training), autocast:
                 yield
         finally:
             model.train(was_training)
 
     def _forward(self, model: nn.Module, x: np.ndarray, training: bool, device: str) -> np.ndarray:
-        return model(torch.from_numpy(x).to(_device(device))).detach().cpu().numpy()
+        return _numpy(model(torch.from_numpy(x).to(_device(device))))
 
     def _loss(self, model: nn.Module, x: np.ndarray, y: np.ndarray, device: str) -> torch.Tensor:
         dev = _device(device)
         out = model(torch.from_numpy(x).to(dev))
         logits = out.mean(dim=(2, 3)) if out.dim() == 4 else out  # a lone block: pool H, W
-        return F.cross_entropy(logits, torch.from_numpy(y).to(dev))
+        return F.cross_entropy(logits, torch.from_numpy(y).to(dev))  # autocast: in float32
 
     def _loss_and_grads(self, model: nn.Module, x: np.ndarray, y: np.ndarray,
                         device: str) -> float:
@@ -114,8 +124,16 @@ class Backend(BaseBackend):
             weight_decay=hyper.weight_decay))
         opt.zero_grad(set_to_none=True)
         loss = self._loss(model, x, y, device)
-        loss.backward()
-        opt.step()
+        if self.precision_of(model) == "float16":
+            # float16 gradients underflow: PyTorch's recipe scales the loss (GradScaler), and
+            # skips the step where the scaled gradients overflow
+            scaler = self._scalers.setdefault(model, torch.amp.GradScaler(_device(device).type))
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         return loss.item()
 
     def _trace_ops(self, model: nn.Module, training: bool, device: str) -> "_Ops":
@@ -140,13 +158,22 @@ class _Ops(ModelOps):
         return F.relu(x)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return x.detach().cpu().numpy()
+        return _numpy(x)
+
+    def dtype(self, x: torch.Tensor) -> str:
+        return str(x.dtype).removeprefix("torch.")
 
     def channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 3, 1)
 
     def channels_first(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy: float64 stays, anything narrower (bfloat16 from autocast) is float32."""
+    x = x.detach()
+    return (x if x.dtype == torch.float64 else x.float()).cpu().numpy()
 
 
 def _device(device: str) -> torch.device:

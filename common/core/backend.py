@@ -33,6 +33,9 @@ from .trace import TraceOps, resolve, trace
 
 DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
+# What a float32 model may compute in: float32, or each framework's own mixed precision
+# (PyTorch autocast, Keras dtype policies, MXNet AMP), which keeps float32 weights.
+PRECISIONS = ("float32", "bfloat16", "float16")
 # Trainable parameters per layer kind (BatchNorm running statistics are state, not parameters).
 TRAINABLE = {"conv": ("weight", "bias"), "dwconv": ("weight", "bias"), "dense": ("weight", "bias"),
              "bn": ("gamma", "beta"), "ln": ("gamma", "beta"), "scale": ("gamma",)}
@@ -77,8 +80,9 @@ class BaseBackend(ABC):
 
     # -- what a framework supplies ------------------------------------------------------------
     @abstractmethod
-    def _build(self, unit: Unit, dtype: str) -> Any:
-        """A fresh framework model for ``unit``, parameters allocated in ``dtype``."""
+    def _build(self, unit: Unit, dtype: str, precision: str = "float32") -> Any:
+        """A fresh framework model for ``unit``, parameters allocated in ``dtype``, computing in
+        ``precision`` by the framework's own mixed-precision idiom (float32 weights kept)."""
 
     @abstractmethod
     def _read(self, layer: Any, kind: str, grad: bool = False) -> dict[str, np.ndarray]:
@@ -120,11 +124,15 @@ class BaseBackend(ABC):
         call of ``run_epoch(epoch, on_batch)``; ``data`` is a :class:`common.core.data.ImageData`."""
 
     # -- the shared contract ------------------------------------------------------------------
-    def build(self, unit: Optional[Unit] = None, dtype: str = "float32") -> Any:
+    def build(self, unit: Optional[Unit] = None, dtype: str = "float32",
+              precision: str = "float32") -> Any:
         """Build ``unit`` (default: d2l's ResNet-18) with the framework's own initialiser.
 
         ``dtype="float64"`` builds a double-precision twin: float32 rounding, amplified by
         BatchNorm in training mode, then no longer hides what the frameworks compute.
+        ``precision="bfloat16"`` or ``"float16"`` keeps float32 weights and computes the way
+        the framework's own mixed precision does (PyTorch autocast, a Keras dtype policy, MXNet
+        AMP); the state still goes in and out as float32.
         """
         unit = resnet18_spec() if unit is None else unit
         if not isinstance(unit, (ResNetSpec, ResnetBlockSpec, ResidualSpec, BottleneckSpec,
@@ -132,12 +140,17 @@ class BaseBackend(ABC):
             raise TypeError(f"build() takes a spec, got {type(unit).__name__}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        return self.register(self._build(unit, dtype), unit, dtype)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "float32" and dtype != "float32":
+            raise ValueError(f"precision {precision!r} mixes with float32 weights, not {dtype}")
+        return self.register(self._build(unit, dtype, precision), unit, dtype, precision)
 
-    def register(self, model: Any, unit: Unit, dtype: str = "float32") -> Any:
+    def register(self, model: Any, unit: Unit, dtype: str = "float32",
+                 precision: str = "float32") -> Any:
         """Adopt a model built elsewhere (d2l's code as printed, say) whose attribute names
         follow ``unit``'s layer table, so export, load and trace work on it."""
-        self._units[model] = (unit, dtype)
+        self._units[model] = (unit, dtype, precision)
         return model
 
     def unit_of(self, model: Any) -> Unit:
@@ -151,6 +164,11 @@ class BaseBackend(ABC):
     def dtype_of(self, model: Any) -> str:
         record = self._units.get(model)
         return record[1] if record else "float32"
+
+    def precision_of(self, model: Any) -> str:
+        """What the model computes in: its dtype, or a mixed precision (:data:`PRECISIONS`)."""
+        record = self._units.get(model)
+        return record[2] if record else "float32"
 
     def export_state(self, model: Any) -> State:
         """``{canonical name: array}`` in canonical layouts and the model's dtype (float32)."""
@@ -186,13 +204,18 @@ class BaseBackend(ABC):
             return self._forward(model, x, training, device)
 
     def activations(self, model: Any, x: np.ndarray, training: bool = False,
-                    device: str = "cpu") -> dict[str, np.ndarray]:
+                    device: str = "cpu", dtypes: Optional[dict[str, str]] = None
+                    ) -> dict[str, np.ndarray]:
         """Ordered ``{layer name: NCHW array}``, the same names in every backend; like
-        :meth:`forward`, it leaves the model unchanged in either mode."""
+        :meth:`forward`, it leaves the model unchanged in either mode.
+
+        Arrays are float32 or float64; with ``dtypes`` given, it is filled with the dtype each
+        layer's output had in the framework (``bfloat16`` where mixed precision computed it so).
+        """
         x, device = self.check_input(model, x), self.check_device(device)
         with self._unchanged(model, training), self._session(model, training, device):
             ops = self._trace_ops(model, training, device)
-            return trace(self.unit_of(model), ops, ops.from_numpy(x))
+            return trace(self.unit_of(model), ops, ops.from_numpy(x), dtypes)
 
     # -- training -----------------------------------------------------------------------------
     def gradients(self, model: Any, x: np.ndarray, y: np.ndarray,

@@ -23,6 +23,8 @@ class TraceOps(Protocol):
     def relu(self, x: Any) -> Any: ...
     def add(self, a: Any, b: Any) -> Any: ...
     def to_numpy(self, x: Any) -> np.ndarray: ...
+    # the framework's dtype name of a tensor ("float32", "bfloat16", ...)
+    def dtype(self, x: Any) -> str: ...
     # ConvNeXt's blocks run their LayerNorm and Linears channels-last: how a framework whose
     # tensors are NCHW moves into that layout and back (identities where NHWC is native)
     def channels_last(self, x: Any) -> Any: ...
@@ -216,10 +218,17 @@ def _rename_root(rec: Record) -> Record:
     return lambda name, v: rec(name[4:] if name.startswith("out.") else name, v)
 
 
-def trace(unit: Unit, ops: TraceOps, x: Any) -> dict[str, np.ndarray]:
-    """Ordered ``{activation name: NCHW numpy array}`` for one input."""
+def trace(unit: Unit, ops: TraceOps, x: Any, dtypes: Optional[dict[str, str]] = None
+          ) -> dict[str, np.ndarray]:
+    """Ordered ``{activation name: NCHW numpy array}`` for one input; ``dtypes``, where given,
+    gets each activation's dtype as the framework computed it."""
     acts: dict[str, np.ndarray] = {}
-    walk(unit, ops, x, lambda name, v: acts.__setitem__(name, ops.to_numpy(v)))
+
+    def record(name: str, v: Any) -> None:
+        acts[name] = ops.to_numpy(v)
+        if dtypes is not None:
+            dtypes[name] = ops.dtype(v)
+    walk(unit, ops, x, record)
     return acts
 
 
@@ -241,6 +250,9 @@ class _NameOnly:
 
     def to_numpy(self, x: Any) -> Optional[np.ndarray]:
         return None
+
+    def dtype(self, x: Any) -> str:
+        return ""
 
     def channels_last(self, x: Any) -> None:
         return None
