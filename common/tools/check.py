@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 
+from ..core.backend import PRECISIONS
 from ..core.compare import (
     EVAL_RTOL_CPU,
     EVAL_RTOL_GPU,
@@ -36,7 +37,17 @@ from .command import (
     positive,
     progress_log,
 )
+from .oracle import eval_oracle, format_computed_in, format_trajectory, train_oracle
 from .registry import BACKEND_NAMES
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``--size``: ``N`` (square) or ``HxW``."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    h, w = (positive(p) for p in (parts if len(parts) == 2 else parts * 2))
+    return h, w
 
 
 def eval_sections(backends: dict, spec: Network, state: dict, x: np.ndarray, device: str,
@@ -125,21 +136,36 @@ def run_check(args: argparse.Namespace) -> int:
         notes.append(f"stochastic depth off (drop_path_rate {spec.drop_path_rate:g} -> 0): each "
                      "framework draws its own drop mask, so no two would drop the same samples")
         spec = dataclasses.replace(spec, drop_path_rate=0.0)
+    if args.precision != "float32" and args.dtype != "float32":
+        raise CliError(f"--precision {args.precision} keeps float32 weights; it does not mix "
+                       f"with --dtype {args.dtype}")
+    oracle = args.oracle or args.precision != "float32"
+    if oracle and args.dtype == "float64":
+        raise CliError("--oracle measures float32 (or --precision) runs against float64 twins; "
+                       "--dtype float64 is the truth itself")
+    if oracle and args.rtol is not None:
+        raise CliError("--rtol sets the pairwise eval bound; the oracle's bounds are its own")
+    if args.precision != "float32" and not args.oracle:
+        notes.append(f"--precision {args.precision} is measured against the float64 truth "
+                     "(--oracle): pairwise bounds are float32's")
     rtol = args.rtol if args.rtol is not None else (
         EVAL_RTOL_GPU if args.device == "gpu" else EVAL_RTOL_CPU)
     x = np.random.default_rng(args.seed).standard_normal(
-        (args.batch, spec.in_channels, args.size, args.size)).astype(np.float32)
-    print(f"{spec.name}: {source}; input {x.shape} NCHW; {args.mode} mode; {args.dtype}; "
-          f"device {args.device}" + (f"; bound max|a-b|/max|b| <= {rtol:g}"
-                                     if args.mode == "eval" else ""))
+        (args.batch, spec.in_channels, *args.size)).astype(np.float32)
+    print(f"{spec.name}: {source}; input {x.shape} NCHW; {args.mode} mode; "
+          + (f"{args.precision} against the float64 truth" if oracle else args.dtype)
+          + f"; device {args.device}" + (f"; bound max|a-b|/max|b| <= {rtol:g}"
+                                         if args.mode == "eval" and not oracle else ""))
     for note in notes:
         print(f"note: {note}")
     log = progress_log(args.quiet)
     backends, skipped = load_backends(args.frameworks, args.device)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    if len(backends) < 2:
+    if len(backends) < (1 if oracle else 2):
         raise CliError(f"need at least two frameworks to compare, have {sorted(backends) or 'none'}")
+    if oracle:
+        return report_oracle(backends, spec, state, x, args, skipped, log)
     if args.mode == "eval":
         sections = eval_sections(backends, spec, state, x, args.device, args.dtype, rtol, log)
     else:
@@ -157,11 +183,52 @@ def run_check(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps({
             "spec": spec.to_dict(), "input_shape": list(x.shape), "device": args.device,
             "mode": args.mode, "dtype": args.dtype, "ok": ok, "skipped": skipped,
-            "sections": [{"title": s.title, "bound": s.bound, "summary": summarize(s),
-                          "rows": {f"{b} vs {a}": [r.__dict__ | {"shape": list(r.shape)}
-                                                   for r in rows]
-                                   for (a, b), rows in s.pairs.items()}}
-                         for s in sections]}, indent=1))
+            "sections": sections_json(sections)}, indent=1))
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def sections_json(sections: list[Section]) -> list[dict]:
+    """The sections as ``--json`` writes them: bound, summary and every row of every pair."""
+    return [{"title": s.title, "bound": s.bound, "summary": summarize(s),
+             "rows": {f"{b} vs {a}": [r.__dict__ | {"shape": list(r.shape)} for r in rows]
+                      for (a, b), rows in s.pairs.items()}}
+            for s in sections]
+
+
+def report_oracle(backends: dict, spec: Network, state: dict, x: np.ndarray,
+                  args: argparse.Namespace, skipped: dict, log: Log) -> int:
+    """``check --oracle``: print (and with ``--json`` write) every framework against the truth."""
+    if args.mode == "eval":
+        report = eval_oracle(backends, spec, state, x, args.device, args.precision, log)
+    else:
+        report = train_oracle(backends, spec, state, x, args.device, args.precision, args, log)
+    for note in report.notes:
+        print(f"note: {note}")
+    for name, why in report.cannot.items():
+        print(f"{name} cannot run {args.precision} here: {why}")
+    for section in report.sections:
+        print(f"\n== {section.title}; bound {section.bound:g}")
+        print(format_section(section))
+    print("\n== what each framework computed in (the dtype of every recorded layer output)")
+    print("\n".join(format_computed_in(report, args.precision)))
+    if report.trajectory:
+        print("\n== trajectory: worst parameter error against the truth after each step, and the "
+              "ReLU/max-pool decisions of that step's forward pass on the other side of zero")
+        print("\n".join(format_trajectory(report)))
+    ok = report.ok
+    truth_ok = all(s.ok for s in report.sections if s.title.startswith("truth"))
+    ran = [n for n in backends if n not in report.cannot]
+    print(f"{'PASS' if ok else 'FAIL'}: {len(ran)} framework(s) ({', '.join(ran)}) "
+          f"in {args.precision} against the float64 truth, {args.mode} mode"
+          + ("" if truth_ok else "; the float64 twins disagree, so the truth is not established"))
+    if args.json:
+        write_text(args.json, json.dumps({
+            "spec": spec.to_dict(), "input_shape": list(x.shape), "device": args.device,
+            "mode": args.mode, "precision": args.precision, "oracle": True, "ok": ok,
+            "truth_ok": truth_ok, "skipped": skipped, "notes": report.notes,
+            "cannot": report.cannot,
+            "computed_in": report.computed_in, "trajectory": report.trajectory,
+            "sections": sections_json(report.sections)}, indent=1))
     return EXIT_OK if ok else EXIT_MISMATCH
 
 
@@ -175,7 +242,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "difference of every pair. Exit status 1 if any layer is out of bounds.")
     c.add_argument("--frameworks", type=framework_list, default=list(BACKEND_NAMES),
                    help="comma-separated: torch,tf,mxnet (default: all three)")
-    c.add_argument("--size", type=positive, default=96, help="input height and width (96)")
+    c.add_argument("--size", type=image_size, default=(96, 96), metavar="N|HxW",
+                   help="input height and width: 96 (default) or HxW, say 45x39")
     c.add_argument("--batch", type=positive, default=2, help="batch size (2)")
     c.add_argument("--seed", type=int, default=0, help="seed for weights and input (0)")
     c.add_argument("--arch", choices=list(ARCHITECTURES), metavar="NAME",
@@ -195,6 +263,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float32 (default) or float64, where rounding no longer hides "
                         "semantic differences")
+    c.add_argument("--oracle", action="store_true",
+                   help="measure each framework against the float64 truth (the float64 twins "
+                        "of all frameworks, whose agreement is reported) instead of pairwise")
+    c.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="what the runs under test compute in: float32 (default), or each "
+                        "framework's mixed bfloat16/float16 (PyTorch autocast, Keras dtype "
+                        "policy, MXNet AMP), float32 weights kept; implies --oracle")
     c.add_argument("--lr", type=float, default=0.05, help="train mode: learning rate (0.05, d2l's)")
     c.add_argument("--momentum", type=float, default=0.0, help="train mode: SGD momentum (0)")
     c.add_argument("--weight-decay", type=float, default=0.0,
