@@ -102,6 +102,12 @@ TRAPS: list[Trap] = [
     Trap("float32 training", "float32", "float32", "float32",
          "semantics proven in float64 (~1e-12); float32 bounds measured",
          _T + "test_step_parity.py::test_float32_training_is_not_float64"),
+    Trap("oneDNN float32 convolutions", "oneDNN; ~7e-7 of float64",
+         "oneDNN by default on x86 (TF_ENABLE_ONEDNN_OPTS): about twice Eigen's rounding",
+         "MKLDNN: about twice its native kernels' rounding",
+         "check --oracle measures each against float64; README: TF_ENABLE_ONEDNN_OPTS=0 for "
+         "float32 training that tracks float64 as PyTorch's does",
+         _T + "test_oracle.py::test_tensorflow_onednn_convolutions_double_float32_rounding"),
     Trap("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
          "device='gpu' turns TF32 off", _T + "test_gpu.py::test_parity_mode_turns_tf32_off"),
     Trap("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
@@ -336,6 +342,45 @@ def float32_hyperparameters_gap() -> float:
     return worst(compare(a, b, names=params, floor=global_floor({k: b[k] for k in params}))).max_rel
 
 
+_FLOAT32_ERROR = """
+import json, numpy as np
+from common import get_backend, random_state, resnet18_spec
+spec = resnet18_spec(); state = random_state(spec, 0)
+x = np.random.default_rng(0).standard_normal((2, 1, 40, 40)).astype(np.float32)
+truth_be = get_backend("torch"); t = truth_be.build(spec, "float64")
+truth_be.load_state(t, state); truth = truth_be.activations(t, x)
+be = get_backend({framework!r}); m = be.build(spec); be.load_state(m, state)
+acts = be.activations(m, x)
+print(json.dumps(max(float(np.abs(acts[k] - v).max() / np.abs(v).max()) for k, v in truth.items())))
+"""
+
+
+def float32_error_in_child(framework: str, env: Optional[dict[str, str]] = None) -> float:
+    """The worst layer of ``framework``'s float32 ResNet-18 (random weights and BatchNorm
+    statistics, 2x1x40x40, eval mode) against PyTorch's float64 truth, in a fresh process with
+    ``env`` added: TensorFlow reads TF_ENABLE_ONEDNN_OPTS, MXNet MXNET_MKLDNN_ENABLED, at import."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _FLOAT32_ERROR.format(framework=framework)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    if out.returncode:
+        raise RuntimeError(f"{framework} float32 error child failed: {out.stderr[-2000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def onednn_float32_gaps() -> dict[str, float]:
+    """float32 error against the float64 truth: TensorFlow with oneDNN (its x86 default) and
+    with Eigen, MXNet with and without MKLDNN, and PyTorch."""
+    return {"tf_onednn": float32_error_in_child("tf", {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+            "tf_eigen": float32_error_in_child("tf", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+            "mxnet_mkldnn": float32_error_in_child("mxnet", {"MXNET_MKLDNN_ENABLED": "1"}),
+            "mxnet_native": float32_error_in_child("mxnet", {"MXNET_MKLDNN_ENABLED": "0"}),
+            "torch": float32_error_in_child("torch")}
+
+
 def family_gaps(arch: str = "resnet50", size: int = 48) -> dict[str, float]:
     """Logits of ``arch`` (random weights and BatchNorm statistics, batch 2 at ``size``) when a
     file is read with the wrong assumption, relative to reading it right (suite's PyTorch):
@@ -530,6 +575,7 @@ def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
     wd0, wd9 = weight_decay_gap(0.0), weight_decay_gap(0.9)
     f32 = float32_gradient_gap()
     hyper = float32_hyperparameters_gap()
+    dnn = onednn_float32_gaps()
     measured: dict[str, tuple[str, dict[str, float]]] = {
         "the whole network": (
             f"d2l Keras vs d2l PyTorch logits: {d2l_gap:.1e}; suite Keras vs suite PyTorch: "
@@ -569,6 +615,10 @@ def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
             f"PyTorch float32 vs its own float64 gradients: {f32:.1e} (BatchNorm backward); "
             f"float64 Keras vs PyTorch after one step: {hyper:.1e} (Keras keeps lr in float32)",
             {"torch_float32_vs_float64_gradients": f32, "keras_vs_torch_float64_step": hyper}),
+        "oneDNN float32 convolutions": (
+            f"ResNet-18 float32 worst layer vs float64: PyTorch {dnn['torch']:.1e}; TF oneDNN "
+            f"{dnn['tf_onednn']:.1e}, Eigen {dnn['tf_eigen']:.1e}; Gluon MKLDNN "
+            f"{dnn['mxnet_mkldnn']:.1e}, native {dnn['mxnet_native']:.1e}", dnn),
         "GPU float32": ("not measured by traps, which runs on the CPU", {}),
         "numpy": ("import mxnet fails on numpy >= 1.24", {}),
     }
