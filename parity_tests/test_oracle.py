@@ -103,7 +103,7 @@ def test_a_float32_trajectory_jumps_only_where_a_relu_decision_flips(installed):
         for k, (err, n) in enumerate(zip(errors, flipped)):
             seen += n
             if seen == 0:  # no decision has differed yet: float32 rounding alone
-                assert err < 1e-5, (name, k + 1, err)
+                assert err < 1e-4, (name, k + 1, err)  # smooth growth: 2e-6 -> 4e-5
             previous = errors[k - 1] if k else 0.0
             if err > 100 * max(previous, 1e-7):  # a jump by orders of magnitude in one step
                 assert n > 0, (name, k + 1, err, previous)
@@ -238,6 +238,9 @@ def test_cli_oracle_json_and_argument_errors(capsys, installed, tmp_path):
     errors = data["sections"][1]["rows"]
     assert set(errors) == {f"{n} vs truth" for n in names}
     assert all(row["max_rel"] <= EVAL_RTOL_CPU for rows in errors.values() for row in rows)
+    code = cli.main(["check", "--oracle", "--frameworks", names[0], "--size", "20", "--batch",
+                     "1", "-q"])
+    assert code == 0 and "unconfirmed by another" in capsys.readouterr().out
     for argv, message in (
             (["--precision", "bfloat16", "--dtype", "float64"], "keeps float32 weights"),
             (["--oracle", "--dtype", "float64"], "is the truth itself"),
