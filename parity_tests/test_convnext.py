@@ -18,7 +18,7 @@ from common.core.compare import EVAL_RTOL_CPU, global_floor
 from common.core.spec import architecture, convnext_tiny_spec
 from common.core.step_parity import compare_states, labels, tolerance, trajectory
 from common.core.trace import resolve
-from common.tools.check import MXNET_ERF_GRADIENT, gradient_bound
+from common.tools.oracle import MXNET_ERF_GRADIENT, gradient_bound
 
 from . import numpy_reference as ref_np
 from .conftest import backend_or_skip, make_input
@@ -219,7 +219,7 @@ def test_stochastic_depth_drops_whole_samples(be):
 
 
 def test_mxnet_float64_erf_gradient_is_off_by_a_float32_constant():
-    """Why MXnet pairs get a float64 gradient bound of their own (``check.gradient_bound``):
+    """Why MXnet pairs get a float64 gradient bound of their own (``oracle.gradient_bound``):
     MXNet 1.9.1's erf is exact in float64 but its gradient is 2/sqrt(pi) exp(-x^2) with the
     constant in float32, 3.4e-8 relative off; if a release fixes it, the bound should go."""
     backend_or_skip("mxnet")

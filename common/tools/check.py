@@ -37,7 +37,14 @@ from .command import (
     positive,
     progress_log,
 )
-from .oracle import eval_oracle, format_computed_in, format_trajectory, train_oracle
+from .oracle import (
+    MXNET_ERF_GRADIENT,
+    eval_oracle,
+    format_computed_in,
+    format_trajectory,
+    gradient_bound,
+    train_oracle,
+)
 from .registry import BACKEND_NAMES
 
 
@@ -60,22 +67,6 @@ def eval_sections(backends: dict, spec: Network, state: dict, x: np.ndarray, dev
         acts[name] = be.activations(model, x, device=device)
     return [Section("activations, eval mode", rtol,
                     pairwise(acts, lambda o, r, *_: compare(o, r, rtol)))]
-
-
-# MXNet 1.9.1 differentiates erf with 2/sqrt(pi) held in float32: in float64 its gradient is
-# 3.4e-8 off (the forward is exact), which moves every gradient below an exact GELU by ~1e-8
-# (measured: 1.9e-8 on ConvNeXt-T at 64x64 against PyTorch and Keras, which agree to 6e-15).
-MXNET_ERF_GRADIENT = 5e-8
-
-
-def gradient_bound(spec: Network, dtype: str, *frameworks: str) -> float:
-    """The gradient bound for a pair: :func:`tolerance`'s, or in float64 for MXNet against
-    another framework on an exact-GELU network, MXNet's erf gradient (above)."""
-    bound = tolerance("gradients", dtype)
-    if (dtype == "float64" and "mxnet" in frameworks and isinstance(spec, ConvNeXtSpec)
-            and spec.gelu == "exact"):
-        return max(bound, MXNET_ERF_GRADIENT)
-    return bound
 
 
 def train_sections(backends: dict, spec: Network, state: dict, x: np.ndarray, device: str,

@@ -31,11 +31,27 @@ from ..core.compare import (
     compare,
     global_floor,
 )
-from ..core.spec import Network
+from ..core.spec import ConvNeXtSpec, Network
 from ..core.step_parity import RUNNING, WELL_CONDITIONED, bn_counts, compare_states, labels, tolerance
 from .command import Log
 
 TRUTH = "float64"
+
+
+# MXNet 1.9.1 differentiates erf with 2/sqrt(pi) held in float32: in float64 its gradient is
+# 3.4e-8 off (the forward is exact), which moves every gradient below an exact GELU by ~1e-8
+# (measured: 1.9e-8 on ConvNeXt-T at 64x64 against PyTorch and Keras, which agree to 6e-15).
+MXNET_ERF_GRADIENT = 5e-8
+
+
+def gradient_bound(spec: Network, dtype: str, *frameworks: str) -> float:
+    """The gradient bound for a pair: :func:`tolerance`'s, or in float64 for MXNet against
+    another framework on an exact-GELU network, MXNet's erf gradient (above)."""
+    bound = tolerance("gradients", dtype)
+    if (dtype == "float64" and "mxnet" in frameworks and isinstance(spec, ConvNeXtSpec)
+            and spec.gelu == "exact"):
+        return max(bound, MXNET_ERF_GRADIENT)
+    return bound
 
 
 @dataclass
@@ -203,8 +219,12 @@ def train_oracle(backends: dict, spec: Network, state: dict, x: np.ndarray, devi
     sections = [
         Section(f"truth: training-mode activations of the {TRUTH} twins", tb_act,
                 _truth_spread(t_acts, lambda o, r, *_: compare(o, r, tb_act))),
-        Section(f"truth: loss and gradients of the {TRUTH} twins", tb_grad,
-                _truth_spread(t_grads, floored(tb_grad))),
+        Section(f"truth: loss and gradients of the {TRUTH} twins"
+                + (f"; {MXNET_ERF_GRADIENT:g} for MXNet, whose float64 erf gradient is 3.4e-8 off"
+                   if "mxnet" in t_grads and gradient_bound(spec, TRUTH, "mxnet") > tb_grad
+                   else ""), tb_grad,
+                _truth_spread(t_grads, lambda o, r, on, rn: compare(
+                    o, r, gradient_bound(spec, TRUTH, on, rn), floor=global_floor(r)))),
         Section(f"truth: state of the {TRUTH} twins after {args.steps} SGD step(s), {hyper}",
                 tb_step, _truth_spread(t_after, states(tb_step))),
         Section(f"activations, training mode: {precision} against the truth", b_act,
