@@ -11,6 +11,7 @@ within the bounds the README states, and MXNet's process-wide AMP is contained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -250,3 +251,20 @@ def test_cli_oracle_json_and_argument_errors(capsys, installed, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["check", "--size", "3x4x5"])
     assert "expected N or HxW" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["resnext50_32x4d", "convnext_tiny"])
+def test_oracle_serves_the_family(installed, arch):
+    """Any --arch: the truth agrees and every framework's float32 is within its bound, in eval
+    mode and (ConvNeXt, whose MXNet float64 gradients carry the erf bound) for one step."""
+    from common import architecture
+
+    spec = architecture(arch)
+    state, x = random_state(spec, 1), _input((2, spec.in_channels, 32, 32), 1)
+    report = eval_oracle(_backends(installed), spec, state, x, "cpu", "float32", QUIET)
+    assert report.ok, [(s.title, _worst(s)) for s in report.sections]
+    if arch.startswith("convnext"):  # no stochastic depth: no two frameworks draw one mask
+        args = argparse.Namespace(seed=1, lr=0.05, momentum=0.0, weight_decay=0.0, steps=1)
+        report = train_oracle(_backends(installed), dataclasses.replace(spec, drop_path_rate=0.0),
+                              state, x, "cpu", "float32", args, QUIET)
+        assert all(s.ok for s in report.sections[:3]), [_worst(s) for s in report.sections[:3]]
