@@ -260,7 +260,8 @@ def _top_level(package: str, module: str) -> dict[str, ast.AST]:
 def test_twins_have_the_same_files():
     files = {p: {f.stem for f in (ROOT / p).glob("*.py")} - OWN_MODULES[p] for p in FRAMEWORK_PACKAGES}
     assert files["resnet_torch"] == files["resnet_tf"] == files["resnet_mxnet"], files
-    assert files["resnet_torch"] >= {"__init__", "blocks", "model", "backend", "train", "bench"}
+    assert files["resnet_torch"] >= {"__init__", "blocks", "model", "backend", "train", "bench",
+                                     "distributed"}
 
 
 def _exported(package: str) -> set[str]:
@@ -278,7 +279,8 @@ def test_twins_export_the_same_names():
             "residual_from_spec", "block_from_spec"} <= exported["resnet_torch"]
 
 
-@pytest.mark.parametrize("module", ["blocks", "model", "convnext", "backend", "train", "bench"])
+@pytest.mark.parametrize("module", ["blocks", "model", "convnext", "backend", "train", "bench",
+                                    "distributed"])
 def test_twin_modules_define_the_same_names(module):
     """Public names, and the private ones every backend shares (``_PARAM_NAMES``, ``_Ops``,
     ``_device``): a helper that exists in one twin exists in all three."""
@@ -337,6 +339,8 @@ SIGNATURES = {
     ("convnext", "convnext_from_spec"): {},
     ("convnext", "convnext_tiny"): {},
     ("train", "Trainer"): {},
+    ("distributed", "Engine"): {},
+    ("distributed", "DistributedTrainer"): {},
     ("bench", "runners"): {},
 }
 

@@ -19,12 +19,14 @@ class Trainer:
         model.hybridize()
         self.trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": lr})
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
+        # batches in the model's dtype (a float64 twin)
+        self.dtype = next(iter(model.collect_params().values())).dtype
 
     def loader(self, epoch: int) -> gluon.data.DataLoader:
         # The sampler yields the shared epoch order; batchify_fn builds the (resized) batch.
         def batchify(indices: list[int]) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
             x, y = self.data.batch(indices)
-            return mx.nd.array(x), mx.nd.array(y)
+            return mx.nd.array(x, dtype=self.dtype), mx.nd.array(y, dtype=self.dtype)
         return gluon.data.DataLoader(
             gluon.data.SimpleDataset(list(range(len(self.data)))), batchify_fn=batchify,
             batch_sampler=self.data.order(self.batch_size, epoch, self.seed))

@@ -37,7 +37,9 @@ class Trainer:
                  seed: int) -> None:
         self.model, self.data, self.batch_size, self.seed = model, data, batch_size, seed
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      # in the weights' dtype (a float64 twin): Keras computes a loss in floatx otherwise
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True, dtype=model.variable_dtype),
                       metrics=["accuracy"])
 
     def loader(self, epoch: int) -> tf.data.Dataset:

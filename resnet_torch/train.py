@@ -19,12 +19,13 @@ class Trainer:
         self.model, self.data, self.batch_size, self.seed = model, data, batch_size, seed
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         self.loss = nn.CrossEntropyLoss()
+        self.dtype = next(model.parameters()).dtype  # batches in the model's dtype (a float64 twin)
 
     def loader(self, epoch: int) -> DataLoader:
         # The sampler yields the shared epoch order; collate_fn builds the (resized) batch.
         def collate(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = self.data.batch(indices)
-            return torch.from_numpy(x), torch.from_numpy(y)
+            return torch.from_numpy(x).to(self.dtype), torch.from_numpy(y)
         return DataLoader(range(len(self.data)), collate_fn=collate,
                           batch_sampler=self.data.order(self.batch_size, epoch, self.seed))
 

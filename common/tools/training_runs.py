@@ -6,6 +6,11 @@ prints d2l's line per epoch, writes checkpoints after every complete epoch (cano
 safetensors and the framework's own format, each written atomically, so Ctrl-C leaves the
 last complete epoch intact) and a metrics file per run; with several frameworks it also
 measures how far apart they drift and plots their curves.
+
+With ``--workers N`` one framework trains data-parallel on its own engine
+(``docs/architecture.md``, "Data-parallel runs"): :func:`run_data_parallel` launches this
+machine's processes through :mod:`common.tools.distributed`, each of which is a
+:func:`run_worker` running a :class:`DistributedRun`; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -39,9 +45,26 @@ from ..core.data import (
 from ..core.preprocess import Preprocessing, d2l_preprocessing
 from ..core.spec import ARCHITECTURES, ResNetSpec, architecture, num_inputs
 from ..core.state import State, load_state_file, save_state, write_text, xavier_state
-from .command import EXIT_OK, CliError, load_backends, positive
+from .command import EXIT_OK, EXIT_USAGE, CliError, load_backends, one_line, positive
+from .distributed import (
+    ENGINE_TIMEOUT,
+    Cluster,
+    Console,
+    LaunchError,
+    Reporter,
+    Shard,
+    WorkerDied,
+    launch,
+    launched_by_engine,
+)
 from .formats import FAMILIES, Format, Staging
-from .registry import BACKEND_NAMES, canonical_name, get_backend
+from .registry import (
+    BACKEND_NAMES,
+    BackendUnavailable,
+    canonical_name,
+    framework_module,
+    get_backend,
+)
 
 
 @dataclass
@@ -100,13 +123,22 @@ class Run:
                  test: ImageData, cfg: TrainConfig, out: Path) -> None:
         self.be = get_backend(name)
         self.name, self.spec, self.cfg, self.test = name, spec, cfg, test
-        self.model = self.be.build(spec)
-        self.be.load_state(self.model, state)
-        self.trainer = self.be.trainer(self.model, train, cfg.batch_size, cfg.lr, cfg.seed)
+        self.model = self.make_model(state)
+        self.trainer = self.make_trainer(train)
         self.n_train = len(train)
         self.dir = out / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.history: list[Epoch] = []
+
+    def make_model(self, state: State) -> Any:
+        """The framework's model of ``spec``, holding ``state``."""
+        model = self.be.build(self.spec)
+        self.be.load_state(model, state)
+        return model
+
+    def make_trainer(self, train: ImageData) -> Any:
+        """The framework's own d2l loop over ``train``."""
+        return self.be.trainer(self.model, train, self.cfg.batch_size, self.cfg.lr, self.cfg.seed)
 
     def epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None) -> Epoch:
         steps: list[float] = []
@@ -153,8 +185,12 @@ class Run:
             staged.commit()
         metrics = {"framework": self.name, "config": asdict(self.cfg), "spec": self.spec.to_dict(),
                    "checkpoint": str(self.checkpoint), "native_checkpoint": str(self.native),
-                   "epochs": [asdict(h) for h in self.history]}
+                   "epochs": [asdict(h) for h in self.history], **self.metrics_extra()}
         write_text(self.dir / "metrics.json", json.dumps(metrics, indent=1))
+
+    def metrics_extra(self) -> dict[str, Any]:
+        """What else ``metrics.json`` says about the run (nothing, for one process)."""
+        return {}
 
 
 def drift(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
@@ -223,10 +259,7 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
     train_data, test_data = ImageData(data.train, cfg.resize), ImageData(data.test, cfg.resize)
     out.mkdir(parents=True, exist_ok=True)
     runs = [Run(name, spec, state, train_data, test_data, cfg, out) for name in frameworks]
-    print_fn(f"{data.name}: {len(train_data)} train / {len(test_data)} test images "
-             f"({'grey' if data.channels == 1 else f'{data.channels} channels'}) resized to "
-             f"{cfg.resize}x{cfg.resize}; {spec.name}, init {cfg.init}, SGD lr {cfg.lr}, "
-             f"batch {cfg.batch_size}, {cfg.epochs} epochs; writing to {out}")
+    print_fn(header(data, train_data, test_data, spec, cfg, out))
     comparison: list[dict] = []
     for e in range(cfg.epochs):
         for r in runs:
@@ -248,6 +281,15 @@ def train(frameworks: Sequence[str], data: Dataset, cfg: TrainConfig, out: Path,
     if len(runs) > 1:
         print_fn(final_table(runs, comparison[-1]))
     return runs
+
+
+def header(data: Dataset, train_data: ImageData, test_data: ImageData, spec: ResNetSpec,
+           cfg: TrainConfig, out: Path) -> str:
+    """The run's first line: the data, the network and the recipe."""
+    return (f"{data.name}: {len(train_data)} train / {len(test_data)} test images "
+            f"({'grey' if data.channels == 1 else f'{data.channels} channels'}) resized to "
+            f"{cfg.resize}x{cfg.resize}; {spec.name}, init {cfg.init}, SGD lr {cfg.lr}, "
+            f"batch {cfg.batch_size}, {cfg.epochs} epochs; writing to {out}")
 
 
 def final_table(runs: Sequence[Run], last: dict) -> str:
@@ -275,8 +317,202 @@ def _write_comparison(runs: Sequence[Run], comparison: list[dict], out: Path) ->
     plot(runs, out / "comparison.png")
 
 
+# -- data-parallel runs ----------------------------------------------------------------------
+EXIT_WORKER_DIED = 1
+
+
+class DistributedRun(Run):
+    """One worker of a data-parallel run (``docs/architecture.md``, "Data-parallel runs"): the
+    model built in the engine's scope, the framework's own loop over this worker's
+    :class:`~common.tools.distributed.Shard`, the epoch's loss and accuracy added up over the
+    workers by the engine. Rank 0 evaluates and writes the files, as :class:`Run` does (each
+    atomically); the other workers write nothing."""
+
+    def __init__(self, name: str, spec: ResNetSpec, state: State, train: ImageData,
+                 test: ImageData, cfg: TrainConfig, out: Path, engine: Any,
+                 dtype: str = "float32") -> None:
+        self.engine, self.dtype = engine, dtype
+        self.shard = Shard(train, engine.rank, engine.world_size)
+        self.rates: list[list[float]] = []  # per epoch, every worker's images per second
+        super().__init__(name, spec, state, self.shard, test, cfg, out)  # type: ignore[arg-type]
+        self.n_train = self.shard.images(cfg.batch_size)[1]
+
+    @property
+    def rank(self) -> int:
+        return self.engine.rank
+
+    def make_model(self, state: State) -> Any:
+        with self.engine.scope():
+            model = self.be.build(self.spec, dtype=self.dtype)
+            self.be.load_state(model, state)
+        return self.engine.prepare(model, self.spec)
+
+    def make_trainer(self, train: Any) -> Any:
+        return self.engine.trainer(self.model, train, self.cfg.batch_size, self.cfg.lr,
+                                   self.cfg.seed)
+
+    def epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None
+              ) -> Optional[Epoch]:
+        """Train epoch ``e`` on every worker; rank 0 returns it (and has saved it), the others
+        None."""
+        steps: list[float] = []
+
+        def on_batch(loss: float, n: int) -> None:
+            steps.append(loss)
+            if bar:
+                bar(loss, n)
+        start = time.perf_counter()
+        loss, train_acc = self.trainer.run_epoch(e, on_batch)
+        seconds = time.perf_counter() - start
+        mine = self.shard.images(self.cfg.batch_size)[0]
+        rates = [0.0] * self.engine.world_size
+        rates[self.rank] = mine / seconds
+        total = self.engine.all_sum([loss * mine, train_acc * mine, mine, *rates])
+        self.rates.append(total[3:])
+        if self.rank != 0:
+            return None
+        test_acc = evaluate(self.be, self.model, self.test, self.cfg.batch_size)
+        result = Epoch(e + 1, total[0] / total[2], total[1] / total[2], test_acc,
+                       self.n_train / seconds, seconds, steps)
+        self.history.append(result)
+        self.save()
+        return result
+
+    def metrics_extra(self) -> dict[str, Any]:
+        return {"data_parallel": {
+            "engine": self.engine.description, "workers": self.engine.world_size,
+            "images_per_epoch": self.n_train, "dtype": self.dtype,
+            "images_per_sec_per_worker": self.rates}}
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       resize=args.resize, seed=args.seed, init=args.init, arch=args.arch)
+
+
+def run_worker(args: argparse.Namespace, report: Optional[Reporter] = None) -> int:
+    """One process of a data-parallel run, as its launcher set it up (``launch``, torchrun, a
+    ``TF_CONFIG``, mxnet.tools.launch). An MXNet server or scheduler never returns from the
+    engine's import."""
+    name = canonical_name(args.framework)
+    report = report or Reporter(progress=not args.quiet)
+    try:
+        if args.threads:  # before the engine: TensorFlow fixes its threads when it starts
+            framework_module(name, "bench").set_threads(args.threads)
+        engine = framework_module(name, "distributed").Engine(
+            sync_bn=args.sync_bn == "on", reduction=args.grad_reduction, timeout=ENGINE_TIMEOUT)
+    except (ValueError, BackendUnavailable) as e:
+        report("error", message=one_line(e))
+        return EXIT_USAGE
+    report.rank = engine.rank
+    report("ready", world=engine.world_size, engine=engine.description)
+    try:
+        if args.batch_size % engine.world_size:
+            raise ValueError(f"--batch-size {args.batch_size} is the global batch: it must split "
+                             f"equally over the {engine.world_size} workers")
+        data = load(args.data, args.classes)
+        cfg = _config(args)
+        spec = architecture(cfg.arch, in_channels=data.channels, num_classes=len(data.classes),
+                            labels=tuple(data.classes))
+        state = initial_state(spec, cfg)
+        train_data = ImageData(data.train, cfg.resize)
+        test_data = ImageData(data.test, cfg.resize)
+        out = Path(args.out)
+        run = DistributedRun(name, spec, state, train_data, test_data, cfg, out, engine)
+    except (DataError, ValueError) as e:
+        report("error", message=one_line(e))
+        return EXIT_USAGE
+    mine, every = run.shard.images(cfg.batch_size)
+    if run.rank == 0:
+        report("line", text=header(data, train_data, test_data, spec, cfg, out))
+        report("line", text=f"data-parallel: {engine.description}; batch {cfg.batch_size} = "
+                            f"{engine.world_size} x {cfg.batch_size // engine.world_size}, "
+                            f"{every} of {len(train_data)} images an epoch ({mine} per worker)")
+    try:
+        for e in range(cfg.epochs):
+            report("epoch", framework=name, epoch=e + 1, epochs=cfg.epochs, images=every)
+            result = run.epoch(e, lambda loss, n: report("batch", n=n, loss=loss))
+            report("epoch_end")
+            if result is not None:
+                rates = ", ".join(f"r{r} {v:.1f}" for r, v in enumerate(run.rates[-1]))
+                report("line", text=f"{name:>5} {result.line()} (per worker: {rates})")
+    except KeyboardInterrupt:
+        return 130
+    files = f"{name}: {run.checkpoint}, {run.native}, {run.dir / 'metrics.json'}"
+    rank = run.rank
+    del run  # the model and its engine wrapper go before the engine does (DDP's reducer would
+    engine.close()  # otherwise outlive its process group, and may hang the exit)
+    if rank == 0:
+        report("line", text=files)
+    return EXIT_OK
+
+
+def _argv(parser: argparse.ArgumentParser, args: argparse.Namespace, **override: Any) -> list[str]:
+    """``train`` and its options as parsed (with ``override``): the command every process of a
+    data-parallel run is given."""
+    argv = ["train"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = override.get(action.dest, getattr(args, action.dest))
+        if value is None or value is False:
+            continue
+        flag = max(action.option_strings, key=len)
+        argv += [flag] if action.nargs == 0 else [flag, str(value)]
+    return argv
+
+
+def run_data_parallel(args: argparse.Namespace) -> int:
+    """``train --workers N``: this process is a worker (its launcher set the engine's
+    environment) or it launches this machine's share of the run and watches it."""
+    if args.framework == "all":
+        raise CliError("a data-parallel run trains one framework: name it with --framework")
+    name = canonical_name(args.framework)
+    if launched_by_engine(name):
+        return run_worker(args)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    hosts = tuple(h for h in (args.worker_hosts or "").split(",") if h)
+    try:
+        cluster = Cluster(name, workers=args.workers, nnodes=args.nnodes, node_rank=args.node_rank,
+                          master_addr=args.master_addr, master_port=args.master_port,
+                          worker_hosts=hosts, threads=threads,
+                          connect_timeout=args.connect_timeout)
+    except LaunchError as e:
+        raise CliError(str(e)) from None
+    out = Path(args.out) / name
+    console = Console(progress=not args.quiet)
+    command = [sys.executable, "-m", "common.tools.cli", *_argv(args.parser, args, threads=threads)]
+    try:
+        launch(cluster, command, out / "logs", console, run_dir=out)
+    except LaunchError as e:
+        raise CliError(str(e)) from None
+    except WorkerDied as e:
+        console.close()
+        print(f"resnet-parity: error: {e}; the files in {out} are from the last complete epoch",
+              file=sys.stderr)
+        return EXIT_WORKER_DIED
+    except KeyboardInterrupt:
+        console.close()
+        print(f"\ninterrupted: every worker was stopped; the files in {out} are from the last "
+              f"complete epoch", file=sys.stderr)
+        return 130
+    finally:
+        console.close()
+    return EXIT_OK
+
+
 # -- the train and data commands ------------------------------------------------------------
+_DATA_PARALLEL_ONLY = ("nnodes", "node_rank", "master_addr", "master_port", "worker_hosts",
+                       "sync_bn", "grad_reduction", "threads", "connect_timeout")
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return run_data_parallel(args)
+    given = [d for d in _DATA_PARALLEL_ONLY if getattr(args, d) != args.parser.get_default(d)]
+    if given:
+        raise CliError(f"--{given[0].replace('_', '-')} is an option of data-parallel runs: "
+                       f"give --workers N")
     names = list(BACKEND_NAMES) if args.framework == "all" else [canonical_name(args.framework)]
     backends, skipped = load_backends(names, "cpu")
     if skipped:
@@ -285,8 +521,7 @@ def run_train(args: argparse.Namespace) -> int:
         data = load(args.data, args.classes)
     except DataError as e:
         raise CliError(str(e)) from None
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      resize=args.resize, seed=args.seed, init=args.init, arch=args.arch)
+    cfg = _config(args)
     try:
         runs = train(list(backends), data, cfg, Path(args.out), progress=not args.quiet)
     except ValueError as e:  # an --init file that does not fit
@@ -365,7 +600,44 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="the network, with the data's channels and classes (resnet18, d2l's; "
                          "the small members train in minutes on a CPU): " + ", ".join(ARCHITECTURES))
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    tr.set_defaults(func=run_train)
+    dp = tr.add_argument_group(
+        "data-parallel runs", "one framework on its own engine: PyTorch DistributedDataParallel "
+        "(gloo), TensorFlow MultiWorkerMirroredStrategy (a TF_CONFIG per worker), MXNet's "
+        "dist_sync kvstore (a scheduler and servers beside the workers). --batch-size is the "
+        "global batch, split equally; rank 0 writes the files. Under the engine's own launcher "
+        "(torchrun, TF_CONFIG set, mxnet.tools.launch) the process is one worker. README: "
+        "data-parallel training")
+    dp.add_argument("--workers", type=positive, default=None, metavar="N",
+                    help="train data-parallel with N worker processes on this machine")
+    dp.add_argument("--nnodes", type=positive, default=1, metavar="M",
+                    help="machines in the run, each running this command with its --node-rank (1)")
+    dp.add_argument("--node-rank", type=int, default=0, metavar="R",
+                    help="this machine's index, 0 to M-1; node 0 hosts the rendezvous (0)")
+    dp.add_argument("--master-addr", default="127.0.0.1", metavar="HOST",
+                    help="PyTorch and MXNet: node 0's address, where PyTorch's store and MXNet's "
+                         "scheduler listen (127.0.0.1)")
+    dp.add_argument("--master-port", type=positive, default=None, metavar="PORT",
+                    help="PyTorch and MXNet: their port on node 0 (a free one on one machine; "
+                         "needed with --nnodes > 1)")
+    dp.add_argument("--worker-hosts", default=None, metavar="HOST:PORT,...",
+                    help="TensorFlow: every worker's address, node by node, as TF_CONFIG's "
+                         "cluster lists them (needed with --nnodes > 1; one machine: free "
+                         "loopback ports)")
+    dp.add_argument("--sync-bn", choices=["on", "off"], default="off",
+                    help="off (default): each worker normalises with its own shard's batch "
+                         "statistics; on: BatchNorm statistics of the global batch (Keras "
+                         "synchronized=True; refused where the engine cannot here: PyTorch's "
+                         "SyncBatchNorm is GPU-only, MXNet has none across workers)")
+    dp.add_argument("--grad-reduction", choices=["mean", "sum"], default="mean",
+                    help="mean (default): the workers' gradients averaged, the step of one "
+                         "process with the global batch at the same --lr; sum: added, N times "
+                         "that step (the linear-scaling rule's lr x N)")
+    dp.add_argument("--threads", type=positive, default=None, metavar="T",
+                    help="intra-op threads per worker (default: this machine's cores / --workers)")
+    dp.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for the other machines' master or workers to accept "
+                         "a connection before giving up (60)")
+    tr.set_defaults(func=run_train, parser=tr)
 
     d = sub.add_parser(
         "data", help="download a data set (fashion-mnist, cifar10) and verify it",
