@@ -7,7 +7,7 @@ global batch of 8, 3 SGD steps, float64 where semantics are proven):
   pinned below), bound 1e-9;
 * without, every engine ends where the per-replica prediction does (one process: each half
   batch's gradients, each normalised with its own statistics, averaged), bound 1e-9 (MXNet:
-  its kvstore adds float64 in float32, pinned below, so float32-exact), and that is measurably
+  its kvstore may add float64 in float32, see below, so float32-exact), and that is measurably
   not where 1 process with the whole batch ends;
 * the three engines' runs agree with each other as their single-process runs do;
 * adding the workers' gradients instead of averaging them is caught: it is the prediction at
@@ -60,7 +60,7 @@ BATCH, STEPS, SIZE, SEED = 8, 3, 32, 0
 # a power of two: exact in float32, where Keras and Gluon hold the learning rate
 LR = 2.0 ** -4
 BOUND = 1e-9           # float64: a data-parallel run against its one-process prediction
-# MXNet's dist_sync servers add float64 gradients in float32 (pinned below), so its runs are
+# MXNet's dist_sync servers may add float64 gradients in float32 (see below), so its runs are
 # held to the float64 one-step bound of frameworks that hold their lr in float32 (measured
 # 7.4e-8 after one step) and, after several steps, to the float32 bounds
 KVSTORE_BOUND = tolerance("steps", "float64", steps=1)
@@ -294,7 +294,7 @@ def test_summing_the_gradients_is_caught(runs, framework):
 def test_the_engines_agree_with_each_other_as_single_processes_do(runs, installed):
     """Every pair after each step, within the float64 bounds the single-process runs meet
     (``step_parity.tolerance``); a pair with MXNet within the float32 bounds after the first
-    step, as its kvstore adds in float32."""
+    step, as its kvstore may add in float32."""
     if len(installed) < 2:
         pytest.skip("needs two installed frameworks")
     names = [n for n in FRAMEWORKS if n in installed]
@@ -312,15 +312,19 @@ def test_the_engines_agree_with_each_other_as_single_processes_do(runs, installe
 
 @slow
 def test_mxnet_kvstore_adds_float64_in_float32(tmp_path):
-    """Two dist_sync workers push float64 1/3 and 1/7; the sum they pull back is 2/3 and 2/7
-    rounded to float32: why MXNet's data-parallel runs are float32-exact only."""
+    """Two dist_sync workers push float64 1/3 and 1/7 and pull back their sum, 2/3 and 2/7: run
+    alone, every time rounded to float32 (0.66666669); once, inside the whole file, exact. So
+    MXNet's data-parallel runs are held to float32 rounding, and this pins the sum (not the
+    mean, not one worker's own push) within it, whichever the servers used."""
     backend_or_skip("mxnet")
     _launch("mxnet", ["kvstore", str(tmp_path)], tmp_path)
+    exact = np.array([2 / 3, 2 / 7])
     for r in range(WORKERS):
         pulled = np.load(tmp_path / f"rank{r}.npy")
-        exact = np.array([2 / 3, 2 / 7])
-        assert pulled.dtype == np.float64 and not np.array_equal(pulled, exact)
-        assert np.array_equal(pulled, exact.astype(np.float32).astype(np.float64))
+        print(f"rank {r} pulled {pulled.tolist()}; float32-rounded: "
+              f"{np.array_equal(pulled, exact.astype(np.float32).astype(np.float64))}")
+        assert pulled.dtype == np.float64
+        assert np.abs(pulled - exact).max() <= 2 * np.finfo(np.float32).eps * exact.max()
 
 
 # -- what each engine can synchronise -------------------------------------------------------------

@@ -140,7 +140,10 @@ class Run:
         """The framework's own d2l loop over ``train``."""
         return self.be.trainer(self.model, train, self.cfg.batch_size, self.cfg.lr, self.cfg.seed)
 
-    def epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None) -> Epoch:
+    def train_epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None
+                    ) -> tuple[float, float, float, list[float]]:
+        """The framework's loop over epoch ``e``: ``(loss, train accuracy, seconds, the loss
+        of every step)``, ``bar(loss, n)`` told after every batch."""
         steps: list[float] = []
 
         def on_batch(loss: float, n: int) -> None:
@@ -149,7 +152,10 @@ class Run:
                 bar(loss, n)
         start = time.perf_counter()
         loss, train_acc = self.trainer.run_epoch(e, on_batch)
-        seconds = time.perf_counter() - start
+        return loss, train_acc, time.perf_counter() - start, steps
+
+    def epoch(self, e: int, bar: Optional[Callable[[float, int], None]] = None) -> Epoch:
+        loss, train_acc, seconds, steps = self.train_epoch(e, bar)
         test_acc = evaluate(self.be, self.model, self.test, self.cfg.batch_size)
         result = Epoch(e + 1, loss, train_acc, test_acc, self.n_train / seconds, seconds, steps)
         self.history.append(result)
@@ -355,15 +361,7 @@ class DistributedRun(Run):
               ) -> Optional[Epoch]:
         """Train epoch ``e`` on every worker; rank 0 returns it (and has saved it), the others
         None."""
-        steps: list[float] = []
-
-        def on_batch(loss: float, n: int) -> None:
-            steps.append(loss)
-            if bar:
-                bar(loss, n)
-        start = time.perf_counter()
-        loss, train_acc = self.trainer.run_epoch(e, on_batch)
-        seconds = time.perf_counter() - start
+        loss, train_acc, seconds, steps = self.train_epoch(e, bar)
         mine = self.shard.images(self.cfg.batch_size)[0]
         rates = [0.0] * self.engine.world_size
         rates[self.rank] = mine / seconds
