@@ -17,7 +17,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -25,7 +24,7 @@ import numpy as np
 def _one(framework: str, precision: str, arch: str, size: int, batch: int, repeat: int) -> dict:
     """Time ``repeat`` forward passes in this process; img/s and GFLOP/s of the best."""
     from common import architecture, get_backend, random_state
-    from common.tools.bench import conv_macs
+    from common.tools.bench import _timed, conv_macs
 
     spec = architecture(arch, in_channels=3, num_classes=1000)
     be = get_backend(framework)
@@ -55,14 +54,7 @@ def _one(framework: str, precision: str, arch: str, size: int, batch: int, repea
 
         def run() -> None:
             model(xt).wait_to_read()
-    run()
-    run()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best = min(_timed(run, 2, repeat)["all_s"])
     macs = conv_macs(spec, size) * batch
     return {"framework": framework, "precision": precision, "seconds": best,
             "img_s": batch / best, "gflop_s": 2 * macs / best / 1e9}

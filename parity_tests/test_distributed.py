@@ -409,6 +409,13 @@ def _train(out: Path, *extra: str) -> list[str]:
             "64", "--out", str(out), "-q", *extra]
 
 
+def _run_train(out: Path, *extra: str, run_id: str = "x", timeout: float = RUN_TIMEOUT
+               ) -> subprocess.CompletedProcess:
+    """``resnet-parity train`` with ``extra`` in a child process, its output captured."""
+    return subprocess.run(_train(out, *extra), cwd=ROOT, env=_env(run_id), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -426,9 +433,8 @@ def _no_temporaries(run_dir: Path) -> None:
 def test_a_run_writes_rank_0s_files_and_leaves_no_process(tmp_path, framework):
     backend_or_skip(framework)
     run_id = uuid.uuid4().hex
-    done = subprocess.run(_train(tmp_path, "--framework", framework, "--workers", "2",
-                                 "--epochs", "1"), cwd=ROOT, env=_env(run_id),
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = _run_train(tmp_path, "--framework", framework, "--workers", "2", "--epochs", "1",
+                      run_id=run_id)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{framework} epoch 1: loss" in done.stdout and "per worker: r0" in done.stdout
     metrics = json.loads((tmp_path / framework / "metrics.json").read_text())
@@ -513,9 +519,8 @@ def test_a_killed_launcher_takes_its_workers_with_it(tmp_path):
 def test_sync_bn_on_is_refused_where_the_engine_cannot(tmp_path, framework):
     backend_or_skip(framework)
     run_id = uuid.uuid4().hex
-    done = subprocess.run(_train(tmp_path, "--framework", framework, "--workers", "2",
-                                 "--sync-bn", "on"), cwd=ROOT, env=_env(run_id),
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    done = _run_train(tmp_path, "--framework", framework, "--workers", "2", "--sync-bn", "on",
+                      run_id=run_id)
     assert done.returncode == 2
     why = {"torch": "SyncBatchNorm runs on GPUs only", "mxnet": "across kvstore workers"}
     assert done.stderr.startswith("resnet-parity: error: --sync-bn on:") and why[framework] in done.stderr
@@ -528,9 +533,8 @@ def test_a_taken_port_is_one_clear_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        done = subprocess.run(_train(tmp_path, "--framework", "torch", "--workers", "2",
-                                     "--master-port", str(port)), cwd=ROOT, env=_env("x"),
-                              capture_output=True, text=True, timeout=60)
+        done = _run_train(tmp_path, "--framework", "torch", "--workers", "2", "--master-port",
+                          str(port), timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"resnet-parity: error: port {port} on 127.0.0.1 is taken (--master-port): another run, "
@@ -539,10 +543,9 @@ def test_a_taken_port_is_one_clear_line(tmp_path):
 
 def test_an_unreachable_master_is_one_clear_line(tmp_path):
     port = free_port()
-    done = subprocess.run(_train(tmp_path, "--framework", "mxnet", "--workers", "1", "--nnodes",
-                                 "2", "--node-rank", "1", "--master-port", str(port),
-                                 "--connect-timeout", "1"), cwd=ROOT, env=_env("x"),
-                          capture_output=True, text=True, timeout=60)
+    done = _run_train(tmp_path, "--framework", "mxnet", "--workers", "1", "--nnodes", "2",
+                      "--node-rank", "1", "--master-port", str(port), "--connect-timeout", "1",
+                      timeout=60)
     assert done.returncode == 2
     line = done.stderr.strip()
     assert line.startswith(f"resnet-parity: error: cannot reach the master at 127.0.0.1:{port} "
@@ -550,8 +553,7 @@ def test_an_unreachable_master_is_one_clear_line(tmp_path):
 
 
 def test_data_parallel_options_need_workers(tmp_path):
-    done = subprocess.run(_train(tmp_path, "--sync-bn", "on"), cwd=ROOT, env=_env("x"),
-                          capture_output=True, text=True, timeout=60)
+    done = _run_train(tmp_path, "--sync-bn", "on", timeout=60)
     assert done.returncode == 2 and "--sync-bn is an option of data-parallel runs" in done.stderr
 
 
