@@ -98,7 +98,7 @@ def test_every_trap_row_cites_a_trap_test():
     ``parity_tests/<file>.py::<test>``: a test function that exists at the top level of that
     file and is marked ``trap`` (checked from the source, without measuring anything); and the
     ``trap`` marker is registered."""
-    assert len(traps.TRAPS) == 15 and len(traps.FAMILY_TRAPS) == 5
+    assert len(traps.TRAPS) == 16 and len(traps.FAMILY_TRAPS) == 5
     assert len(traps.CONVNEXT_TRAPS) == 5
     rows = traps.TRAPS + traps.FAMILY_TRAPS + traps.CONVNEXT_TRAPS
     assert len({t.trap for t in rows}) == len(rows)
@@ -165,6 +165,8 @@ def test_traps_measures_every_trap(measured):
     f32 = fig["float32 training"]
     assert 1e-3 < f32["torch_float32_vs_float64_gradients"] <= 1e-1
     assert 1e-12 < f32["keras_vs_torch_float64_step"] < 1e-6
+    heap = fig["oneDNN strided 1x1 filter gradient"]
+    assert heap["onednn"] >= 2 and heap["eigen"] == 0 and heap["suite"] == 0
 
 
 def test_traps_command_prints_the_table(measured, monkeypatch, capsys):

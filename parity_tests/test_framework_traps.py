@@ -342,3 +342,16 @@ def test_keras_sgd_keeps_the_learning_rate_in_float32():
     assert str(opt.learning_rate.dtype) == "float32"
     assert np.array_equal(got, 1 - np.float64(np.float32(0.05)) * g)
     assert not np.array_equal(got, 1 - 0.05 * g)
+
+
+def test_tensorflow_strided_1x1_filter_gradient_corrupts_the_heap():
+    """TensorFlow 2.21's oneDNN Conv2DBackpropFilter for a 1x1 stride-2 convolution on an even
+    input with few channels (3 -> 6 on 64x64: d2l's Residual(6, use_1x1conv=True, strides=2)
+    trained on RGB) writes outside its buffers: the process dies of "malloc(): corrupted top
+    size" or a segmentation fault, in a later, unrelated allocation. Its own Eigen kernels
+    (TF_ENABLE_ONEDNN_OPTS=0) do not. Fresh processes, since the damage is the process's."""
+    backend_or_skip("tf")
+    from common.tools.traps import strided_1x1_crashes
+    onednn, eigen = strided_1x1_crashes(onednn=True, suite=False), strided_1x1_crashes(False, False)
+    print(f"\nprocesses killed, of 3: oneDNN {onednn}, Eigen {eigen}")
+    assert onednn >= 2 and eigen == 0

@@ -233,6 +233,38 @@ def test_stride2_conv_equals_torch(k, size):
     assert diff(keras.ops.convert_to_numpy(conv(x)), ref)[1] <= 1e-6
 
 
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+@pytest.mark.parametrize("size", [9, 10], ids=["odd", "even"])
+def test_strided_1x1_conv_is_keras_own_and_survives_training(padding, size):
+    """PaddedConv2D runs a strided 1x1 convolution as a subsample and a stride-1 convolution,
+    away from TensorFlow's oneDNN filter gradient that corrupts the heap (trap "oneDNN strided
+    1x1 filter gradient"): the output and both gradients are Keras's own strided Conv2D's, and
+    a process training it is not killed."""
+    import tensorflow as tf
+
+    from resnet_tf import PaddedConv2D
+    x = tf.constant(nhwc((2, 3, size, size), seed=size))
+    conv = PaddedConv2D(4, 1, strides=2, padding_mode=padding)
+    plain = keras.layers.Conv2D(4, 1, strides=2, padding="valid" if padding == "symmetric" else padding)
+    conv.build(x.shape), plain.build(x.shape)
+    rng = np.random.default_rng(size)
+    conv.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in conv.get_weights()])
+    plain.set_weights(conv.get_weights())
+    grads = []
+    for layer in (conv, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        grads.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for name, a, b in zip(("output", "input grad", "kernel grad", "bias grad"), *grads):
+        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        assert a.shape == b.shape and diff(a, b)[1] <= 1e-6, name
+    if size % 2 == 0:
+        from common.tools.traps import strided_1x1_crashes
+        assert strided_1x1_crashes(onednn=True, suite=True, runs=2) == 0
+
+
 def pool_reference(x: np.ndarray) -> np.ndarray:
     """NHWC 3x3 stride-2 max pool with PyTorch's padding=1 (padding never wins the max)."""
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)

@@ -83,6 +83,17 @@ class PaddedConv2D(layers.Conv2D):
     def call(self, inputs: Any) -> Any:
         return super().call(_pad_spatial(inputs, self.pad, self.data_format))
 
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        """A strided 1x1 convolution as a subsample and a stride-1 one: the same numbers,
+        without TensorFlow's oneDNN filter gradient for strided 1x1 convolutions, which corrupts
+        the heap (the trap "oneDNN strided 1x1 filter gradient")."""
+        if tuple(self.kernel_size) != (1, 1) or tuple(self.strides) == (1, 1):
+            return super().convolution_op(inputs, kernel)
+        sh, sw = self.strides
+        inputs = (inputs[:, ::sh, ::sw, :] if self.data_format == "channels_last"
+                  else inputs[:, :, ::sh, ::sw])
+        return ops.conv(inputs, kernel, strides=1, padding="valid", data_format=self.data_format)
+
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return super().compute_output_shape(_padded_shape(input_shape, self.pad, self.data_format))
 

@@ -108,6 +108,13 @@ TRAPS: list[Trap] = [
          "check --oracle measures each against float64; README: TF_ENABLE_ONEDNN_OPTS=0 for "
          "float32 training that tracks float64 as PyTorch's does",
          _T + "test_oracle.py::test_tensorflow_onednn_convolutions_double_float32_rounding"),
+    Trap("oneDNN strided 1x1 filter gradient", "-",
+         "TF 2.21's oneDNN Conv2DBackpropFilter for a 1x1 stride-2 conv on an even input with few "
+         "channels (d2l's Residual(6, use_1x1conv=True, strides=2) on RGB) corrupts the heap",
+         "-",
+         "resnet_tf's PaddedConv2D runs a strided 1x1 conv as a subsample and a stride-1 conv "
+         "(the same numbers); d2l's Keras code as printed needs TF_ENABLE_ONEDNN_OPTS=0",
+         _T + "test_framework_traps.py::test_tensorflow_strided_1x1_filter_gradient_corrupts_the_heap"),
     Trap("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
          "device='gpu' turns TF32 off", _T + "test_gpu.py::test_parity_mode_turns_tf32_off"),
     Trap("numpy", "any", "any", "mxnet 1.9.1 calls np.bool",
@@ -381,6 +388,45 @@ def onednn_float32_gaps() -> dict[str, float]:
             "torch": float32_error_in_child("torch")}
 
 
+_STRIDED_1X1 = """
+import numpy as np, tensorflow as tf
+from resnet_tf.blocks import PaddedConv2D
+x = tf.constant(np.random.default_rng(2).standard_normal((4, 64, 64, 3)).astype(np.float32))
+conv = PaddedConv2D(6, 1, strides=2)
+y = conv(x)
+for _ in range({iterations}):
+    if {suite}:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(conv(x))
+        tape.gradient(loss, conv.kernel)
+    else:
+        tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=conv.kernel.shape,
+                                        out_backprop=tf.ones_like(y), strides=[1, 2, 2, 1],
+                                        padding="VALID")
+    heap = [bytearray(n) for n in range(16, 4096, 48)]  # small blocks: malloc meets the damage
+"""
+
+
+def strided_1x1_crashes(onednn: bool, suite: bool, runs: int = 3, iterations: int = 30) -> int:
+    """Of ``runs`` fresh processes that each take ``iterations`` filter gradients of a 1x1 stride-2 conv,
+    3 -> 6 channels on 4x64x64 (TensorFlow's raw op, or ``suite``: resnet_tf's PaddedConv2D
+    under a GradientTape), how many died by a signal. Heap corruption shows only when malloc
+    next meets the damaged block, so each step also allocates small blocks (with them, 8 of 8
+    processes died on this machine; without, about 2 of 3)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": str(int(onednn))}
+    died = 0
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", _STRIDED_1X1.format(suite=suite, iterations=iterations)],
+                             capture_output=True, text=True, timeout=300, env=env)
+        if out.returncode > 0:
+            raise RuntimeError(f"strided 1x1 child failed: {out.stderr[-2000:]}")
+        died += out.returncode < 0
+    return died
+
+
 def family_gaps(arch: str = "resnet50", size: int = 48) -> dict[str, float]:
     """Logits of ``arch`` (random weights and BatchNorm statistics, batch 2 at ``size``) when a
     file is read with the wrong assumption, relative to reading it right (suite's PyTorch):
@@ -576,6 +622,8 @@ def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
     f32 = float32_gradient_gap()
     hyper = float32_hyperparameters_gap()
     dnn = onednn_float32_gaps()
+    crash = {"onednn": strided_1x1_crashes(True, False),
+             "eigen": strided_1x1_crashes(False, False), "suite": strided_1x1_crashes(True, True)}
     measured: dict[str, tuple[str, dict[str, float]]] = {
         "the whole network": (
             f"d2l Keras vs d2l PyTorch logits: {d2l_gap:.1e}; suite Keras vs suite PyTorch: "
@@ -619,6 +667,10 @@ def findings(log: Callable[[str], None] = lambda m: None) -> list[Finding]:
             f"ResNet-18 float32 worst layer vs float64: PyTorch {dnn['torch']:.1e}; TF oneDNN "
             f"{dnn['tf_onednn']:.1e}, Eigen {dnn['tf_eigen']:.1e}; Gluon MKLDNN "
             f"{dnn['mxnet_mkldnn']:.1e}, native {dnn['mxnet_native']:.1e}", dnn),
+        "oneDNN strided 1x1 filter gradient": (
+            f"processes killed by a signal, of 3: raw op with oneDNN {crash['onednn']}, with "
+            f"Eigen {crash['eigen']}; the suite's PaddedConv2D with oneDNN {crash['suite']}",
+            {k: float(v) for k, v in crash.items()}),
         "GPU float32": ("not measured by traps, which runs on the CPU", {}),
         "numpy": ("import mxnet fails on numpy >= 1.24", {}),
     }
