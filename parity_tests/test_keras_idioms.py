@@ -236,10 +236,10 @@ def test_stride2_conv_equals_torch(k, size):
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
 @pytest.mark.parametrize("size", [9, 10], ids=["odd", "even"])
 def test_strided_1x1_conv_is_keras_own_and_survives_training(padding, size):
-    """PaddedConv2D runs a strided 1x1 convolution as a subsample and a stride-1 convolution,
-    away from TensorFlow's oneDNN filter gradient that corrupts the heap (trap "oneDNN strided
-    1x1 filter gradient"): the output and both gradients are Keras's own strided Conv2D's, and
-    a process training it is not killed."""
+    """PaddedConv2D takes a strided 1x1 convolution's filter gradient at stride 1 on the
+    subsampled input, away from TensorFlow's oneDNN filter gradient that corrupts the heap (trap
+    "oneDNN strided 1x1 filter gradient"): the output and both gradients are Keras's own strided
+    Conv2D's, and a process training it is not killed."""
     import tensorflow as tf
 
     from resnet_tf import PaddedConv2D

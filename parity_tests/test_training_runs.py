@@ -29,8 +29,8 @@ from .conftest import backend_or_skip
 # A short run of the d2l recipe on the built-in digits: ResNet-18, SGD lr 0.05, 32x32 images,
 # batch 64, 2 epochs (46 steps). Measured on an Intel Xeon, seeds 0-2, all three frameworks:
 # train accuracy 0.94-0.96 in epoch 2, but test accuracy, in eval mode on BatchNorm running
-# statistics that lag 46 steps of lr 0.05, anywhere from 0.38 to 0.95 (Keras, seed 0: 0.95
-# before a change of float32 rounding in its shortcut gradient, 0.38 after). The runs drift
+# statistics that lag 46 steps of lr 0.05, anywhere from 0.38 to 0.95 (Keras, seed 0: 0.95,
+# and 0.38 with one shortcut's filter gradient summed in another order). The runs drift
 # apart from the third step on, so where the test accuracy lands is a draw; that it is far
 # above chance (0.1) is not.
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, resize=32, seed=0)

@@ -57,6 +57,27 @@ def _padded_shape(shape: tuple, pad: tuple[int, int], data_format: str) -> tuple
     return tuple(out)
 
 
+def _strided_1x1_conv(x: Any, kernel: Any, strides: tuple[int, int], data_format: str) -> Any:
+    """TensorFlow's strided 1x1 convolution, with its filter gradient taken at stride 1 on the
+    subsampled input (see :meth:`PaddedConv2D.convolution_op`)."""
+    import tensorflow as tf
+    last = data_format == "channels_last"
+    fmt, full = ("NHWC", [1, *strides, 1]) if last else ("NCHW", [1, 1, *strides])
+
+    @tf.custom_gradient
+    def conv(x: Any, kernel: Any) -> Any:
+        def grad(dy: Any) -> tuple[Any, Any]:
+            dx = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, full, "VALID",
+                                                     data_format=fmt)
+            sub = x[:, ::strides[0], ::strides[1], :] if last else x[:, :, ::strides[0], ::strides[1]]
+            dk = tf.compat.v1.nn.conv2d_backprop_filter(sub, tf.shape(kernel), dy, [1, 1, 1, 1],
+                                                        "VALID", data_format=fmt)
+            return dx, dk
+        return tf.nn.conv2d(x, kernel, full, "VALID", data_format=fmt), grad
+
+    return conv(tf.convert_to_tensor(x), tf.convert_to_tensor(kernel))  # variables read outside
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PaddedConv2D(layers.Conv2D):
     """``Conv2D`` with PyTorch's padding: ``kernel_size // 2`` zeros on each side, any stride.
@@ -84,15 +105,14 @@ class PaddedConv2D(layers.Conv2D):
         return super().call(_pad_spatial(inputs, self.pad, self.data_format))
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-        """A strided 1x1 convolution as a subsample and a stride-1 one: the same numbers,
-        without TensorFlow's oneDNN filter gradient for strided 1x1 convolutions, which corrupts
-        the heap (the trap "oneDNN strided 1x1 filter gradient")."""
-        if tuple(self.kernel_size) != (1, 1) or tuple(self.strides) == (1, 1):
+        """A strided 1x1 convolution on TensorFlow takes its filter gradient on the subsampled
+        input at stride 1 (the same sum), away from TensorFlow's oneDNN filter gradient for
+        strided 1x1 convolutions, which corrupts the heap (the trap "oneDNN strided 1x1 filter
+        gradient"). The forward pass and the input gradient stay TensorFlow's own."""
+        if (tuple(self.kernel_size) != (1, 1) or tuple(self.strides) == (1, 1)
+                or keras.backend.backend() != "tensorflow"):
             return super().convolution_op(inputs, kernel)
-        sh, sw = self.strides
-        inputs = (inputs[:, ::sh, ::sw, :] if self.data_format == "channels_last"
-                  else inputs[:, :, ::sh, ::sw])
-        return ops.conv(inputs, kernel, strides=1, padding="valid", data_format=self.data_format)
+        return _strided_1x1_conv(inputs, kernel, tuple(self.strides), self.data_format)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return super().compute_output_shape(_padded_shape(input_shape, self.pad, self.data_format))

@@ -112,8 +112,8 @@ TRAPS: list[Trap] = [
          "TF 2.21's oneDNN Conv2DBackpropFilter for a 1x1 stride-2 conv on an even input with few "
          "channels (d2l's Residual(6, use_1x1conv=True, strides=2) on RGB) corrupts the heap",
          "-",
-         "resnet_tf's PaddedConv2D runs a strided 1x1 conv as a subsample and a stride-1 conv "
-         "(the same numbers); d2l's Keras code as printed needs TF_ENABLE_ONEDNN_OPTS=0",
+         "resnet_tf's PaddedConv2D takes a strided 1x1 conv's filter gradient at stride 1 on "
+         "the subsampled input (the same sum); d2l's Keras code as printed needs TF_ENABLE_ONEDNN_OPTS=0",
          _T + "test_framework_traps.py::test_tensorflow_strided_1x1_filter_gradient_corrupts_the_heap"),
     Trap("GPU float32", "TF32 may be on", "TF32 may be on", "tensor cores, autotune",
          "device='gpu' turns TF32 off", _T + "test_gpu.py::test_parity_mode_turns_tf32_off"),
