@@ -109,7 +109,7 @@ class PaddedConv2D(layers.Conv2D):
         input at stride 1 (the same sum), away from TensorFlow's oneDNN filter gradient for
         strided 1x1 convolutions, which corrupts the heap (the trap "oneDNN strided 1x1 filter
         gradient"). The forward pass and the input gradient stay TensorFlow's own."""
-        if (tuple(self.kernel_size) != (1, 1) or tuple(self.strides) == (1, 1)
+        if (tuple(self.kernel_size) != (1, 1) or tuple(self.strides) == (1, 1) or self.groups != 1
                 or keras.backend.backend() != "tensorflow"):
             return super().convolution_op(inputs, kernel)
         return _strided_1x1_conv(inputs, kernel, tuple(self.strides), self.data_format)

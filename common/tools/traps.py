@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
@@ -362,17 +365,19 @@ print(json.dumps(max(float(np.abs(acts[k] - v).max() / np.abs(v).max()) for k, v
 """
 
 
+def _child(code: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python with ``env`` added (the frameworks read their switches at
+    import), TensorFlow's log quiet."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+
+
 def float32_error_in_child(framework: str, env: Optional[dict[str, str]] = None) -> float:
     """The worst layer of ``framework``'s float32 ResNet-18 (random weights and BatchNorm
     statistics, 2x1x40x40, eval mode) against PyTorch's float64 truth, in a fresh process with
     ``env`` added: TensorFlow reads TF_ENABLE_ONEDNN_OPTS, MXNet MXNET_MKLDNN_ENABLED, at import."""
     import json
-    import os
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-c", _FLOAT32_ERROR.format(framework=framework)],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    out = _child(_FLOAT32_ERROR.format(framework=framework), env)
     if out.returncode:
         raise RuntimeError(f"{framework} float32 error child failed: {out.stderr[-2000:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -413,14 +418,10 @@ def strided_1x1_crashes(onednn: bool, suite: bool, runs: int = 3, iterations: in
     under a GradientTape), how many died by a signal. Heap corruption shows only when malloc
     next meets the damaged block, so each step also allocates small blocks (with them, 8 of 8
     processes died on this machine; without, about 2 of 3)."""
-    import os
-    import subprocess
-    import sys
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": str(int(onednn))}
     died = 0
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", _STRIDED_1X1.format(suite=suite, iterations=iterations)],
-                             capture_output=True, text=True, timeout=300, env=env)
+        out = _child(_STRIDED_1X1.format(suite=suite, iterations=iterations),
+                     {"TF_ENABLE_ONEDNN_OPTS": str(int(onednn))})
         if out.returncode > 0:
             raise RuntimeError(f"strided 1x1 child failed: {out.stderr[-2000:]}")
         died += out.returncode < 0
