@@ -215,3 +215,33 @@ def test_bench_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--batch", "0"])
     assert main(["bench", "--modes", "fast"]) == 2
+
+
+def test_workers_run_with_the_chosen_allocator(monkeypatch):
+    """``tuned`` hands the workers glibc's no-mmap, no-trim settings (a user's own setting
+    wins); ``system`` adds none; the report's header says which; a wrong name is refused."""
+    backend_or_skip("torch")
+    envs = []
+
+    def in_process(cfg: dict, env: dict, timeout: float) -> dict:
+        envs.append(env)
+        return bench._WORKERS[cfg.get("kind", "model")](cfg)
+    monkeypatch.setattr(bench, "_run_worker", in_process)
+    monkeypatch.setattr(bench, "matmul_peaks", functools.partial(bench.matmul_peaks, n=128))
+    for k in bench.ALLOCATORS["tuned"]:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    tiny = dict(batch=2, size=16, threads=1, warmup=1, reps=1, spec=TINY, conv=False)
+    report = run(["torch"], ["eager"], allocator="tuned", **tiny)
+    assert {e["MALLOC_MMAP_MAX_"] for e in envs} == {"0"}
+    assert {e["MALLOC_TRIM_THRESHOLD_"] for e in envs} == {"12345"}  # the user's, kept
+    assert report["allocator"] == {"name": "tuned", "env": {"MALLOC_MMAP_MAX_": "0",
+                                                            "MALLOC_TRIM_THRESHOLD_": "12345"}}
+    assert "malloc: tuned (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=12345)" in format_report(report)
+    envs.clear()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    report = run(["torch"], ["eager"], allocator="system", **tiny)
+    assert not any(k.startswith("MALLOC_") for e in envs for k in e)
+    assert "malloc: system (glibc defaults)" in format_report(report)
+    with pytest.raises(ValueError, match="allocator must be one of tuned, system"):
+        run(["torch"], ["eager"], allocator="jemalloc", **tiny)

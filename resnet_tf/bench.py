@@ -1,5 +1,6 @@
-"""Keras's ways to run the model for ``resnet-parity bench``: eager, ``tf.function`` and
-``tf.function(jit_compile=True)`` (XLA)."""
+"""Keras's ways to run the model for ``resnet-parity bench``: eager, ``tf.function``,
+``tf.function(jit_compile=True)`` (XLA), and a frozen inference graph with BatchNorm folded
+into the convolutions (``freeze``), whose training step is ``tf.function``'s."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import numpy as np
 import tensorflow as tf
 
 from ._layout import kernel_to_keras, nchw, nhwc
+from .freeze import frozen_forward
 
 # this framework's ways to run the model -> the kind ``resnet-parity bench --modes`` selects
-MODES = {"eager": "eager", "function": "compiled", "xla": "compiled"}
+MODES = {"eager": "eager", "function": "compiled", "xla": "compiled", "frozen": "compiled"}
 
 
 def runners(model: keras.Model, mode: str, lr: float = 0.05
             ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], float]]:
-    """``(forward(x) -> logits, train_step(x, y) -> loss)`` for one mode; NCHW numpy in."""
+    """``(forward(x) -> logits, train_step(x, y) -> loss)`` for one mode; NCHW numpy in.
+
+    Frozen, ``forward`` freezes the weights at its first call for each input shape: call it
+    on a model whose weights no longer change."""
     opt = keras.optimizers.SGD(learning_rate=lr)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -35,6 +40,9 @@ def runners(model: keras.Model, mode: str, lr: float = 0.05
         jit = mode == "xla"
         fwd, step = tf.function(fwd, jit_compile=jit), tf.function(step, jit_compile=jit)
 
+    if mode == "frozen":
+        fwd = _frozen_per_shape(model)
+
     def forward(x: np.ndarray) -> np.ndarray:
         return np.asarray(fwd(tf.constant(nhwc(x))))
 
@@ -42,6 +50,19 @@ def runners(model: keras.Model, mode: str, lr: float = 0.05
         return float(step(tf.constant(nhwc(x)), tf.constant(y)))
 
     return forward, train_step
+
+
+def _frozen_per_shape(model: keras.Model) -> Callable[[Any], Any]:
+    """``model(x, training=False)`` through one frozen, BatchNorm-folded graph per input shape."""
+    graphs: dict[tuple[int, ...], Callable[[Any], Any]] = {}
+
+    def forward(x: Any) -> Any:
+        key = (tuple(x.shape), x.dtype)
+        if key not in graphs:
+            graphs[key] = frozen_forward(model, tuple(x.shape), x.dtype)[0]
+        return graphs[key](x)
+
+    return forward
 
 
 def conv_runner(x: np.ndarray, weight: np.ndarray, groups: int

@@ -14,6 +14,12 @@ numpy), since MKL runs an AVX2 path on AMD CPUs, half the AVX-512 rate oneDNN re
 MACs per image come from the spec. A grouped 3x3 conv (ResNeXt's) is timed against a dense
 3x3 conv of the same MACs in each framework, whatever the network (a fixed case, not the spec's),
 and the load average is recorded with the figures.
+
+Workers run with glibc's malloc kept from returning large blocks to the system (``ALLOCATORS``,
+``--allocator``): by default glibc serves every block over 32 MB with a fresh ``mmap`` and
+unmaps it on free, so each forward of a batch-32 ResNet-50 at 224 faults its 50-100 MB
+activations in page by page again. PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc
+for this; glibc's own tunables do the same without another library.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ from .registry import BACKEND_NAMES, framework_module, get_backend, install_hint
 KINDS = ("eager", "compiled")  # what --modes selects; each framework's bench.MODES maps its modes
 PARITY_RTOL = EVAL_RTOL_CPU
 FAMILIES = {"ResNetSpec": "ResNet", "ConvNeXtSpec": "ConvNeXt"}  # a spec's ``unit`` -> header word
+# glibc malloc's settings per --allocator: "tuned" never maps a block of its own (so a freed
+# activation stays in the heap for the next forward) and never trims the heap; "system" leaves
+# the environment as it is. A variable the user has set is never overridden.
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "tuned": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)},
+    "system": {},
+}
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS")
 
@@ -263,18 +276,22 @@ _WORKERS: dict[str, Callable[[dict], dict]] = {"model": worker, "conv": conv_wor
 
 def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, threads: int,
         warmup: int = 3, reps: int = 10, spec: Optional[Network] = None, state: Optional[dict] = None,
-        timeout: float = 900.0, conv: bool = True, log: Callable[[str], None] = lambda m: None
-        ) -> dict:
+        timeout: float = 900.0, conv: bool = True, allocator: str = "tuned",
+        log: Callable[[str], None] = lambda m: None) -> dict:
     """Benchmark every available (framework, mode), and with ``conv`` each framework's grouped
     conv against its dense twin; return the report (see ``format_report``).
 
     ``modes`` selects kinds (eager, compiled); each framework's ``bench.MODES`` says which of
-    its own modes is which."""
+    its own modes is which; ``allocator`` names the ``ALLOCATORS`` entry the workers run with."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {allocator!r}")
     spec = spec or resnet18_spec()
     state = state if state is not None else random_state(spec, 0)
     env = dict(os.environ, **{k: str(threads) for k in _THREAD_ENV},
                TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env["TF_NUM_INTEROP_THREADS"] = env["MXNET_CPU_WORKER_NTHREADS"] = "1"
+    malloc = {k: env.setdefault(k, v) for k, v in ALLOCATORS[allocator].items()}
+    malloc.update({k: v for k, v in env.items() if k.startswith("MALLOC_") and k not in malloc})
     load = [os.getloadavg()[0]]
     log("float32 matmul peak ...")
     peaks = [_run_worker({"kind": "peak", "threads": threads}, env, timeout)]
@@ -327,6 +344,7 @@ def run(frameworks: Sequence[str], modes: Sequence[str], batch: int, size: int, 
     return {"spec": spec.to_dict(), "batch": batch, "size": size, "threads": threads,
             "macs_per_image": macs, "matmul_peak_gflops": peak, "gemm_gflops": gemm,
             "peak_how": f"the fastest float32 {2048}x{2048} GEMM, best of 5, before and after",
+            "allocator": {"name": allocator, "env": malloc},
             "load_average": load, "grouped_conv": dict(GROUPED_CONV), "conv": convs,
             "machine": {"cpus": os.cpu_count(), "platform": sys.platform}, "results": results}
 
@@ -344,7 +362,8 @@ def format_report(report: dict) -> str:
              f"{report['macs_per_image'] / 1e6:.1f} MMACs/image; float32 matmul peak "
              f"{report['matmul_peak_gflops']:.1f} GFLOP/s ({report['peak_how']})",
              "GEMMs: " + ", ".join(f"{k} {v:.0f}" for k, v in report["gemm_gflops"].items())
-             + " GFLOP/s; load average " + " -> ".join(f"{v:.2f}" for v in report["load_average"]),
+             + " GFLOP/s; load average " + " -> ".join(f"{v:.2f}" for v in report["load_average"])
+             + f"; malloc: {_allocator_text(report.get('allocator'))}",
              f"{'frame':<7}{'mode':<12}{'parity':>10}{'fwd img/s':>11}{'spread':>8}{'x torch':>8}"
              f"{'% peak':>8}{'train img/s':>13}{'x torch':>8}{'b1 ms':>8}{'peak MB':>9}  threads"]
     for r in report["results"]:
@@ -367,6 +386,14 @@ def format_report(report: dict) -> str:
                      f"{100 * f['fraction_of_peak']:>7.1f}%{t['img_per_s']:>13.1f}{rt:>8}"
                      f"{r['latency_b1']['ms']:>8.1f}{r['peak_rss_mb']:>9.0f}  {th}")
     return "\n".join(lines + _format_conv(report))
+
+
+def _allocator_text(allocator: Optional[dict]) -> str:
+    """How the workers' malloc was set, for the report's header."""
+    if not allocator:
+        return "not recorded"
+    env = " ".join(f"{k}={v}" for k, v in sorted(allocator["env"].items()))
+    return f"{allocator['name']} ({env or 'glibc defaults'})"
 
 
 def _format_conv(report: dict) -> list[str]:
@@ -431,7 +458,7 @@ def run_bench(args: argparse.Namespace) -> int:
     log = progress_log(args.quiet)
     report = run(list(backends), modes, args.batch, args.size, args.threads,
                  warmup=args.warmup, reps=args.reps, spec=architecture(args.arch),
-                 conv=not args.no_conv, log=log)
+                 conv=not args.no_conv, allocator=args.allocator, log=log)
     print(format_report(report))
     if args.json:
         write_text(args.json, json.dumps(report, indent=1))
@@ -453,7 +480,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Forward throughput, training-step throughput, batch-1 latency and peak "
                     "memory of a ResNet or ConvNeXt (same weights, same input) in every framework and "
                     "mode: PyTorch eager and torch.compile (channels-last, frozen weights for "
-                    "inference); Keras eager, tf.function and XLA; Gluon imperative and "
+                    "inference); Keras eager, tf.function, XLA and a frozen graph with "
+                    "BatchNorm folded into the convs; Gluon imperative and "
                     "hybridized (static_alloc, static_shape, inference partitioned for oneDNN). "
                     "Each runs in its own process with the thread count set explicitly, and is "
                     "timed only after it computes the same function as eager PyTorch. Reports "
@@ -473,6 +501,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--reps", type=positive, default=10, help="timed runs; median reported (10)")
     b.add_argument("--no-conv", action="store_true",
                    help="skip timing a grouped 3x3 conv against a dense one of the same MACs")
+    b.add_argument("--allocator", choices=list(ALLOCATORS), default="tuned",
+                   help="the workers' glibc malloc: tuned (default) keeps freed blocks for reuse "
+                        "(MALLOC_MMAP_MAX_=0, no trimming), as jemalloc or tcmalloc would; "
+                        "system leaves the environment's settings")
     b.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
